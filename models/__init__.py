@@ -1,0 +1,1 @@
+"""Pure modelling logic: training, calibration, evaluation, explanations, abuse scoring."""

@@ -1,0 +1,1 @@
+"""I/O edge of returnrisk: data contract, validation, sources, DVC stage entry points, CLI."""
