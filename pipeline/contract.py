@@ -23,6 +23,7 @@ class Column:
     min: float | None = None
     max: float | None = None
     allowed: tuple[str, ...] | None = None
+    pattern: str | None = None  # regular expression a text value must match in full
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ RETURN_REASONS = (
     "changed_mind",
     "other",
 )
+COUNTRY_PATTERN = "[A-Z]{2}"  # ISO 3166-1 alpha-2, upper case
 CHANNELS = ("web", "app", "marketplace", "phone", "unknown")
 PAYMENT_METHODS = ("card", "paypal", "invoice", "cod", "gift_card", "unknown")
 
@@ -75,7 +77,7 @@ TABLES: dict[str, TableSpec] = {
             (
                 Column("customer_id", ID, True, "Customer key."),
                 Column("signup_ts", TS, False, "When the account was created (tenure)."),
-                Column("country", STR, True, "Home country, ISO 3166-1 alpha-2."),
+                Column("country", STR, True, "Home country, ISO 3166-1 alpha-2.", pattern=COUNTRY_PATTERN),
                 Column("lat", FLOAT, False, "Home latitude (degrees).", -90, 90),
                 Column("lon", FLOAT, False, "Home longitude (degrees).", -180, 180),
             ),
@@ -89,7 +91,13 @@ TABLES: dict[str, TableSpec] = {
                 Column("product_id", ID, True, "Product key."),
                 Column("category", STR, True, "Merchandise category (e.g. dresses, shoes, electronics)."),
                 Column("brand", STR, False, "Brand name."),
-                Column("size_type", STR, False, "Size system: alpha (XS..3XL), eu_shoe (34..48), none.", allowed=SIZE_TYPES),
+                Column(
+                    "size_type",
+                    STR,
+                    False,
+                    "Size system: alpha (XS..3XL), eu_shoe (34..48), none.",
+                    allowed=SIZE_TYPES,
+                ),
                 Column("description", STR, False, "Free-text product name/description."),
             ),
         ),
@@ -102,7 +110,9 @@ TABLES: dict[str, TableSpec] = {
                 Column("order_id", ID, True, "Order key."),
                 Column("customer_id", ID, True, "Who ordered."),
                 Column("order_ts", TS, True, "When the order was placed: the as-of time of its features."),
-                Column("ship_country", STR, True, "Destination country, ISO alpha-2."),
+                Column(
+                    "ship_country", STR, True, "Destination country, ISO alpha-2.", pattern=COUNTRY_PATTERN
+                ),
                 Column("ship_lat", FLOAT, False, "Destination latitude.", -90, 90),
                 Column("ship_lon", FLOAT, False, "Destination longitude.", -180, 180),
                 Column("warehouse_id", ID, False, "Shipping warehouse."),
@@ -164,7 +174,7 @@ TABLES: dict[str, TableSpec] = {
             "Shipping warehouses.",
             (
                 Column("warehouse_id", ID, True, "Warehouse key."),
-                Column("country", STR, True, "Country, ISO alpha-2."),
+                Column("country", STR, True, "Country, ISO alpha-2.", pattern=COUNTRY_PATTERN),
                 Column("lat", FLOAT, False, "Latitude.", -90, 90),
                 Column("lon", FLOAT, False, "Longitude.", -180, 180),
             ),
@@ -175,3 +185,32 @@ TABLES: dict[str, TableSpec] = {
 TABLE_ORDER = ("customers", "products", "warehouses", "orders", "order_lines", "returns", "reviews")
 FILE_SUFFIXES = (".parquet", ".csv")
 META_FILE = "meta.json"  # {"cutoff": ISO timestamp, "source": ..., ...} written beside the tables
+
+
+@dataclass(frozen=True)
+class FeatureNeeds:
+    """What a feature family reads. When any of `needs` is missing (an optional table, or an optional
+    column that is absent or entirely empty) the family is disabled, unless `fallback` says what is
+    used instead (then it runs in a degraded form)."""
+
+    family: str
+    needs: tuple[str, ...]  # "table" or "table.column"
+    fallback: str | None = None
+
+
+FEATURE_NEEDS: tuple[FeatureNeeds, ...] = (
+    FeatureNeeds("review_sentiment", ("reviews",)),
+    FeatureNeeds("review_rating", ("reviews", "reviews.rating")),
+    FeatureNeeds("size_fit", ("order_lines.size", "products.size_type")),
+    FeatureNeeds("discount", ("order_lines.list_price",)),
+    FeatureNeeds("delivery", ("orders.delivered_ts",)),
+    FeatureNeeds("tenure", ("customers.signup_ts",)),
+    FeatureNeeds("channel", ("orders.channel",)),
+    FeatureNeeds("payment", ("orders.payment_method",)),
+    FeatureNeeds("brand", ("products.brand",)),
+    FeatureNeeds("color", ("order_lines.color",)),
+    FeatureNeeds("return_reason", ("returns.reason",)),
+    FeatureNeeds("customer_distance", ("customers.lat", "customers.lon"), "country centroids"),
+    FeatureNeeds("ship_distance", ("orders.ship_lat", "orders.ship_lon"), "country centroids"),
+    FeatureNeeds("warehouse_distance", ("warehouses", "orders.warehouse_id")),
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,8 +44,64 @@ def read_any(path: Path | str) -> pd.DataFrame:
         if suffix == ".csv":
             return pd.read_csv(path, low_memory=False)
     except Exception as exc:  # noqa: BLE001 - re-raised with the file name and rule
-        raise TableFileError(f"{path}: not a readable {suffix[1:]} file ({type(exc).__name__}: {exc})") from exc
+        raise TableFileError(
+            f"{path}: not a readable {suffix[1:]} file ({type(exc).__name__}: {exc})"
+        ) from exc
     raise TableFileError(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
+
+
+def table_files(folder: Path | str, table: str) -> list[Path]:
+    """Every file in `folder` named `<table>.<anything>` (to say what was found when no usable file is)."""
+    folder = Path(folder)
+    return sorted(p for p in folder.glob(f"{table}.*") if p.is_file())
+
+
+def read_raw_table(path: Path | str) -> pd.DataFrame:
+    """Read a table for validation without any silent coercion.
+
+    Parquet keeps its stored types. CSV is read as text in every column (the validator parses each
+    column strictly by its contract type), with only the empty field meaning missing: pandas' default
+    NA strings are off, so the country code "NA" (Namibia) or a product called "null" stay as written.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TableFileError(f"{path}: file not found")
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise TableFileError(f"{path}: unsupported file type {suffix!r}; use .parquet or .csv")
+    if path.stat().st_size == 0:
+        raise TableFileError(f"{path}: file is empty (0 bytes); expected {suffix[1:]} data")
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8")
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name and rule
+        raise TableFileError(
+            f"{path}: not a readable {suffix[1:]} file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield a fresh temporary folder beside `path`; it replaces `path` only if the block succeeds.
+
+    Used for stage outputs that are folders: a failed run leaves the previous complete folder, and no
+    file from an earlier run (e.g. a table that is now absent) survives into the new one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    old = path.with_name(f".{path.name}.old-{os.getpid()}")
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists():
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
