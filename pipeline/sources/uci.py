@@ -385,8 +385,13 @@ def map_online_retail(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
     Pure: no I/O. The report counts every input row by outcome; `report["reconciles"]` states that
     input rows == order lines + matched cancellations + excluded rows.
     """
+    tables, report, _ = map_with_outcomes(df)
+    return tables, report, pd.Series(outcome, index=x["row"].to_numpy(), dtype="str", name="outcome")
+
+
+def map_with_outcomes(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[str, Any], pd.Series]:
+    """`map_online_retail` plus each input row's outcome (by input position), for audits and tests."""
     x, naming = normalise(df)
-    n = len(x)
     is_cancel = x["invoice"].str.startswith("C").fillna(False).to_numpy()
     missing = x[list(REQUIRED_VALUES)].isna().any(axis=1).to_numpy()
     ng_kind = non_goods_kind(x)
@@ -411,6 +416,7 @@ def map_online_retail(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
     unk = unknown_country[lines.index].to_numpy()
     resolved = lines.loc[unk, "customer"].map(customer_known)
     n_unknown_resolved = int(resolved.notna().sum())
+    unknown_names = lines.loc[unk, "country"].value_counts()
     lines.loc[unk, "ship_country"] = resolved.fillna(lines.loc[unk, "ship_country"])
 
     cancels = x[outcome == MATCHED_CANCELLATION]
@@ -452,12 +458,18 @@ def map_online_retail(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
     products = products[["product_id", "category", "size_type", "description"]]
 
     warehouses = pd.DataFrame({"warehouse_id": [WAREHOUSE_ID], "country": [WAREHOUSE_COUNTRY]})
+    # One return event per (line, time): cancellations of the same line at the same minute (the export
+    # repeats some cancellation rows) are summed, never recorded as duplicate events.
+    events = (
+        pairs.groupby(["purchase_row", "return_ts"], as_index=False, sort=False)["quantity"].sum()
+        .sort_values(["return_ts", "purchase_row"], kind="stable", ignore_index=True)
+    )
     returns = pd.DataFrame({
-        "line_id": pairs["purchase_row"].astype("str").to_numpy(),
-        "return_ts": pairs["return_ts"].to_numpy(),
-        "quantity": pairs["quantity"].to_numpy(dtype="int64"),
-        "reason": pd.Series(pd.NA, index=range(len(pairs)), dtype="str"),
-    }).sort_values(["return_ts", "line_id"], kind="stable", ignore_index=True)
+        "line_id": events["purchase_row"].astype("str").to_numpy(),
+        "return_ts": events["return_ts"].to_numpy(),
+        "quantity": events["quantity"].to_numpy(dtype="int64"),
+        "reason": pd.Series(pd.NA, index=range(len(events)), dtype="str"),
+    })
 
     for t in (orders, order_lines, customers, products, warehouses, returns):
         for c in t.columns:
@@ -472,14 +484,14 @@ def map_online_retail(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
         "order_lines": order_lines,
         "returns": returns,
     }
-    report = _report(x, outcome, naming, cancels, cancel_units, matched_units, tables, unknown_country,
+    report = _report(x, outcome, naming, len(pairs), cancels, cancel_units, matched_units, tables, unknown_names,
                      n_unknown_resolved, ng_kind)
-    assert report["reconciles"], f"row outcomes do not reconcile: {report['rows']}"  # internal invariant
-    assert n == report["input_rows"]
+    if not report["reconciles"]:  # an internal invariant: every row has exactly one outcome
+        raise RuntimeError(f"row outcomes do not reconcile: {report['rows']}")
     return tables, report
 
 
-def _report(x, outcome, naming, cancels, cancel_units, matched_units, tables, unknown_country,
+def _report(x, outcome, naming, n_pairs, cancels, cancel_units, matched_units, tables, unknown_names,
             n_unknown_resolved, ng_kind) -> dict[str, Any]:
     """Counts by outcome and reason, cancellations matched/unmatched, products per category."""
     counts = pd.Series(outcome).value_counts()
@@ -493,7 +505,6 @@ def _report(x, outcome, naming, cancels, cancel_units, matched_units, tables, un
     partial = (matched_units > 0) & ~full
     cancel_rows_all = x["invoice"].str.startswith("C").fillna(False)
     lines = tables["order_lines"]
-    countries = x.loc[unknown_country.to_numpy(), "country"].fillna("<null>").value_counts()
     cats = tables["products"]["category"].value_counts()
     ts = x["invoice_ts"].dropna()
     report: dict[str, Any] = {
@@ -519,6 +530,7 @@ def _report(x, outcome, naming, cancels, cancel_units, matched_units, tables, un
             "units": int(cancel_units.sum()),
             "units_matched": int(matched_units.sum()),
             "units_unmatched": int((cancel_units - matched_units).sum()),
+            "cancellation_purchase_pairs": n_pairs,
             "return_rows": len(tables["returns"]),
             "without_customer": int((cancel_rows_all & x["customer"].isna() & (outcome == "missing_customer")).sum()),
         },
@@ -528,7 +540,7 @@ def _report(x, outcome, naming, cancels, cancel_units, matched_units, tables, un
             "returned_lines": int(tables["returns"]["line_id"].nunique()),
         },
         "countries": {
-            "unknown_names_rows": {str(k): int(v) for k, v in countries.sort_index().items()},
+            "unknown_names_order_lines": {str(k): int(v) for k, v in unknown_names.sort_index().items()},
             "unknown_resolved_from_customer": n_unknown_resolved,
         },
         "products_per_category": {c: int(cats.get(c, 0)) for c in CATEGORIES},
