@@ -386,7 +386,7 @@ def map_online_retail(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
     input rows == order lines + matched cancellations + excluded rows.
     """
     tables, report, _ = map_with_outcomes(df)
-    return tables, report, pd.Series(outcome, index=x["row"].to_numpy(), dtype="str", name="outcome")
+    return tables, report
 
 
 def map_with_outcomes(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[str, Any], pd.Series]:
@@ -488,7 +488,7 @@ def map_with_outcomes(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
                      n_unknown_resolved, ng_kind)
     if not report["reconciles"]:  # an internal invariant: every row has exactly one outcome
         raise RuntimeError(f"row outcomes do not reconcile: {report['rows']}")
-    return tables, report
+    return tables, report, pd.Series(outcome, index=x["row"].to_numpy(), dtype="str", name="outcome")
 
 
 def _report(x, outcome, naming, n_pairs, cancels, cancel_units, matched_units, tables, unknown_names,
