@@ -1,0 +1,175 @@
+"""The served model: a LightGBM booster plus the encoding and calibration it was trained with.
+
+Saved as `booster.txt` (LightGBM's text format, never a pickle) and `model.json` (feature order,
+categorical levels, calibration parameters, decision threshold, metadata). The artifact owns the
+encoding of categoricals: each level list is fixed at training and re-applied at scoring, so a value
+unseen in training (or a missing one) becomes NaN, which LightGBM routes as missing. Training and
+scoring both go through `encode`, on a float64 array with a fixed column order, so the two paths
+cannot disagree (LightGBM #3626: a DataFrame and an array of the same data may predict differently).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from models.calibration import Calibrator
+
+BOOSTER_FILE = "booster.txt"
+MODEL_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+class FeatureFrameError(ValueError):
+    """The frame handed to the model cannot be scored (missing column, non-numeric value...)."""
+
+
+def as_level_strings(values: pd.Series) -> pd.Series:
+    """Categorical values as strings (nullable); the one conversion used for levels and for scoring."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        values = values.astype(object)
+    return values.astype("string")
+
+
+def learn_levels(values: pd.Series, *, min_count: int = 1) -> list[str]:
+    """The sorted levels seen at least `min_count` times; rarer levels will score as missing."""
+    counts = as_level_strings(values).value_counts(dropna=True)
+    return sorted(str(v) for v in counts.index[counts >= min_count])
+
+
+def encode_categorical(values: pd.Series, levels: Sequence[str]) -> np.ndarray:
+    """Integer codes by position in `levels` as float64; unseen or missing -> NaN."""
+    codes = pd.Categorical(as_level_strings(values), categories=list(levels)).codes.astype(np.float64)
+    codes[codes < 0] = np.nan
+    return codes
+
+
+def encode_numeric(values: pd.Series, name: str) -> np.ndarray:
+    """A numeric/bool column as float64 (missing -> NaN); a clear error names the bad value."""
+    if values.dtype == np.float64:
+        return values.to_numpy(dtype=np.float64, copy=True)
+    if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+        return values.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+    converted = pd.to_numeric(values, errors="coerce")
+    bad = converted.isna() & values.notna()
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
+        raise FeatureFrameError(
+            f"feature column {name!r}, row {pos}: value {values.iloc[pos]!r} is not numeric "
+            f"(rule: numeric features must be numbers or missing)"
+        )
+    return converted.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def encode_frame(
+    df: pd.DataFrame, features: Sequence[str], categorical: Mapping[str, Sequence[str]]
+) -> np.ndarray:
+    """The model matrix: float64, columns in `features` order, categoricals as level codes."""
+    missing = [f for f in features if f not in df.columns]
+    if missing:
+        raise FeatureFrameError(
+            f"feature frame: missing feature column(s) {missing} (rule: every model feature is required)"
+        )
+    X = np.empty((len(df), len(features)), dtype=np.float64)
+    for j, name in enumerate(features):
+        col = df[name]
+        X[:, j] = (
+            encode_categorical(col, categorical[name]) if name in categorical else encode_numeric(col, name)
+        )
+    return X
+
+
+@dataclass
+class ReturnModel:
+    """Booster + encoding + calibration: everything needed to turn a feature frame into probabilities."""
+
+    booster: Any  # lightgbm.Booster
+    features: list[str]
+    categorical: dict[str, list[str]]
+    calibrator: Calibrator
+    threshold: float | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def categorical_features(self) -> list[str]:
+        return [f for f in self.features if f in self.categorical]
+
+    def encode(self, df: pd.DataFrame) -> np.ndarray:
+        return encode_frame(df, self.features, self.categorical)
+
+    def predict_raw(self, df: pd.DataFrame) -> np.ndarray:
+        """Uncalibrated log-odds of a return, one per row."""
+        if len(df) == 0:
+            return np.empty(0, dtype=np.float64)
+        return np.asarray(self.booster.predict(self.encode(df), raw_score=True), dtype=np.float64)
+
+    def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
+        """Calibrated probability of a return, one per row."""
+        return self.calibrator.apply(self.predict_raw(df))
+
+    def contributions(self, df: pd.DataFrame) -> np.ndarray:
+        """Exact TreeSHAP contributions in log-odds: one column per feature, the base value last."""
+        if len(df) == 0:
+            return np.empty((0, len(self.features) + 1), dtype=np.float64)
+        return np.asarray(self.booster.predict(self.encode(df), pred_contrib=True), dtype=np.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "features": list(self.features),
+            "categorical": {k: list(v) for k, v in self.categorical.items()},
+            "calibration": self.calibrator.to_json(),
+            "threshold": self.threshold,
+            "metadata": self.metadata,
+        }
+
+    def save(self, folder: Path | str) -> Path:
+        """Write booster.txt and model.json into `folder` (each file atomically)."""
+        from pipeline.io import atomic_path, write_json
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / BOOSTER_FILE) as tmp:
+            tmp.write_text(self.booster.model_to_string(), encoding="utf-8")
+        write_json(self.to_json(), folder / MODEL_FILE)
+        return folder
+
+    @classmethod
+    def load(cls, folder: Path | str) -> ReturnModel:
+        import lightgbm as lgb
+
+        folder = Path(folder)
+        for name in (BOOSTER_FILE, MODEL_FILE):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(
+                    f"{folder / name}: missing; a model folder holds {BOOSTER_FILE} and {MODEL_FILE}"
+                )
+        spec = json.loads((folder / MODEL_FILE).read_text(encoding="utf-8"))
+        if spec.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{folder / MODEL_FILE}: format_version {spec.get('format_version')} != {FORMAT_VERSION}"
+            )
+        booster = lgb.Booster(model_str=(folder / BOOSTER_FILE).read_text(encoding="utf-8"))
+        return cls.from_parts(booster, spec)
+
+    @classmethod
+    def from_parts(cls, booster: Any, spec: Mapping[str, Any]) -> ReturnModel:
+        features = list(spec["features"])
+        if booster.num_feature() != len(features):
+            raise ValueError(
+                f"booster has {booster.num_feature()} features, model.json lists {len(features)}"
+            )
+        return cls(
+            booster=booster,
+            features=features,
+            categorical={k: list(v) for k, v in spec["categorical"].items()},
+            calibrator=Calibrator.from_json(spec["calibration"]),
+            threshold=spec.get("threshold"),
+            metadata=dict(spec.get("metadata", {})),
+        )
