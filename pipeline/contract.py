@@ -198,19 +198,20 @@ class FeatureNeeds:
     fallback: str | None = None
 
 
+# Names are "<family>[.<part>]" with the families of features/spec.py (plus abuse detection's signals).
 FEATURE_NEEDS: tuple[FeatureNeeds, ...] = (
-    FeatureNeeds("review_sentiment", ("reviews",)),
-    FeatureNeeds("review_rating", ("reviews", "reviews.rating")),
-    FeatureNeeds("size_fit", ("order_lines.size", "products.size_type")),
-    FeatureNeeds("discount", ("order_lines.list_price",)),
-    FeatureNeeds("delivery", ("orders.delivered_ts",)),
-    FeatureNeeds("tenure", ("customers.signup_ts",)),
-    FeatureNeeds("channel", ("orders.channel",)),
-    FeatureNeeds("payment", ("orders.payment_method",)),
-    FeatureNeeds("brand", ("products.brand",)),
-    FeatureNeeds("color", ("order_lines.color",)),
-    FeatureNeeds("return_reason", ("returns.reason",)),
-    FeatureNeeds("customer_distance", ("customers.lat", "customers.lon"), "country centroids"),
-    FeatureNeeds("ship_distance", ("orders.ship_lat", "orders.ship_lon"), "country centroids"),
-    FeatureNeeds("warehouse_distance", ("warehouses", "orders.warehouse_id")),
+    FeatureNeeds("sentiment", ("reviews",)),
+    FeatureNeeds("sentiment.rating", ("reviews", "reviews.rating")),
+    FeatureNeeds("size", ("order_lines.size", "products.size_type")),
+    FeatureNeeds("price.discount", ("order_lines.list_price",)),
+    FeatureNeeds("shipping.delivery", ("orders.delivered_ts",)),
+    FeatureNeeds("shipping.warehouse_distance", ("warehouses", "orders.warehouse_id")),
+    FeatureNeeds("shipping.customer_distance", ("customers.lat", "customers.lon"), "country centroids"),
+    FeatureNeeds("shipping.ship_distance", ("orders.ship_lat", "orders.ship_lon"), "country centroids"),
+    FeatureNeeds("past_returns.tenure", ("customers.signup_ts",)),
+    FeatureNeeds("category.brand", ("products.brand",)),
+    FeatureNeeds("basket.color", ("order_lines.color",)),
+    FeatureNeeds("order.channel", ("orders.channel",)),
+    FeatureNeeds("order.payment", ("orders.payment_method",)),
+    FeatureNeeds("abuse.claims", ("returns.reason",)),
 )

@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.contract import TABLES
+from pipeline.commands.contract import render_markdown
+from pipeline.contract import FEATURE_NEEDS, TABLES
 from pipeline.validation import ContractError, disabled_features, id_kind, validate_tables
 
 CUTOFF = "2024-06-30T00:00:00"
@@ -393,19 +394,19 @@ def test_missing_optional_table_and_columns_disable_only_their_features(tmp_path
     assert set(rep["missing_optional_columns"]) == {"customers.lat", "customers.lon", "order_lines.size"}
     assert rep["empty_optional_columns"] == ["orders.channel"]
     assert set(rep["disabled_features"]) == {
-        "review_sentiment",
-        "review_rating",
-        "size_fit",
-        "channel",
-        "warehouse_distance",
+        "sentiment",
+        "sentiment.rating",
+        "size",
+        "order.channel",
+        "shipping.warehouse_distance",
     }
-    assert rep["fallback_features"] == {"customer_distance": "country centroids"}
+    assert rep["fallback_features"] == {"shipping.customer_distance": "country centroids"}
     assert rep["unchecked_foreign_keys"] == ["orders.warehouse_id -> warehouses (table absent)"]
     assert not (out / "reviews.parquet").exists()
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["cutoff"] == CUTOFF and "size_fit" in meta["validation"]["disabled_features"]
+    assert meta["cutoff"] == CUTOFF and "size" in meta["validation"]["disabled_features"]
     said = " ".join(res.output.split())
-    assert said.count("review_sentiment") == 1 and "disabled" in said
+    assert said.count("sentiment.rating") == 1 and "disabled" in said
 
 
 def test_missing_required_table_stops(tmp_path):
@@ -419,11 +420,11 @@ def test_missing_required_table_stops(tmp_path):
 def test_disabled_features_mapping():
     disabled, fallback = disabled_features({"reviews", "orders.delivered_ts", "orders.ship_lat"})
     assert disabled == {
-        "review_sentiment": ["reviews"],
-        "review_rating": ["reviews"],
-        "delivery": ["orders.delivered_ts"],
+        "sentiment": ["reviews"],
+        "sentiment.rating": ["reviews"],
+        "shipping.delivery": ["orders.delivered_ts"],
     }
-    assert fallback == {"ship_distance": "country centroids"}
+    assert fallback == {"shipping.ship_distance": "country centroids"}
 
 
 # --------------------------------------------------------------------------- ids, reference tables
@@ -516,15 +517,21 @@ def test_validate_help():
 
 
 def test_contract_tables_cover_the_issue_columns():
-    assert set(TABLES) == {
-        "customers",
-        "products",
-        "orders",
-        "order_lines",
-        "returns",
-        "reviews",
-        "warehouses",
-    }
+    names = {"customers", "products", "orders", "order_lines", "returns", "reviews", "warehouses"}
+    assert set(TABLES) == names
+    for need in FEATURE_NEEDS:  # every input a feature family names exists in the contract
+        for item in need.needs:
+            table, _, column = item.partition(".")
+            assert table in TABLES and (not column or TABLES[table].column(column))
+
+
+def test_contract_document_is_up_to_date():
+    """docs/data-contract.md is generated; regenerate with `returnrisk contract --out docs/data-contract.md`."""
+    doc = Path(__file__).resolve().parents[1] / "docs" / "data-contract.md"
+    assert doc.read_text(encoding="utf-8") == render_markdown()
+    res = CliRunner().invoke(app, ["contract"])
+    assert res.exit_code == 0 and "| `unit_price` | number | yes | >= 0 |" in res.output
+    assert CliRunner().invoke(app, ["contract", "--check", "--out", str(doc)]).exit_code == 0
 
 
 # --------------------------------------------------------------------------- the generated default data
@@ -545,26 +552,33 @@ def test_generated_data_with_injected_faults(small_generated, tmp_path):
     raw = tmp_path / "raw"
     shutil.copytree(small_generated.raw, raw)
     lines = pd.read_parquet(raw / "order_lines.parquet")
-    orders = pd.read_parquet(raw / "orders.parquet")
+    orders = pd.read_parquet(raw / "orders.parquet").set_index("order_id")
     returns = pd.read_parquet(raw / "returns.parquet")
+    touched = set(lines.loc[[10, 20, 30, 31], "line_id"])
     lines.loc[10, "unit_price"] = -1.0
-    lines.loc[20, "order_id"] = orders["order_id"].max() + 1
+    lines.loc[20, "order_id"] = orders.index.max() + 1
     lines.loc[30, "line_id"] = lines.loc[31, "line_id"]
-    first_ret = returns.iloc[0]
-    order_of = lines.set_index("line_id").loc[first_ret["line_id"], "order_id"]
-    returns.loc[0, "return_ts"] = orders.set_index("order_id").loc[order_of, "order_ts"] - pd.Timedelta(
-        days=1
-    )
+    victim = returns.index[~returns["line_id"].isin(touched)][0]
+    order_of = lines.set_index("line_id").loc[returns.loc[victim, "line_id"], "order_id"]
+    returns.loc[victim, "return_ts"] = orders.loc[order_of, "order_ts"] - pd.Timedelta(days=1)
     lines.to_parquet(raw / "order_lines.parquet", index=False)
     returns.to_parquet(raw / "returns.parquet", index=False)
     res, out, report = run_validate(raw, tmp_path)
     assert res.exit_code == 0, res.output
     rep = json.loads(report.read_text())
-    by_rule = rep["tables"]["order_lines"]["rejected_by_rule"]
-    assert by_rule["order_lines.unit_price >= 0"] == 1
-    assert by_rule["order_lines.order_id exists in orders"] == 1
-    assert by_rule["order_lines.line_id unique"] == 2
-    assert rep["tables"]["returns"]["rejected_by_rule"].get(
-        "returns.return_ts >= orders.order_ts", 0
-    ) >= 1 or ("parent rejected: order_lines.line_id" in rep["tables"]["returns"]["rejected_by_rule"])
+    assert rep["tables"]["order_lines"]["rejected_by_rule"] == {
+        "order_lines.unit_price >= 0": 1,
+        "order_lines.order_id exists in orders": 1,
+        "order_lines.line_id unique": 2,
+    }
     assert rep["tables"]["order_lines"]["rows_out"] == len(lines) - 4
+    ret_rules = rep["tables"]["returns"]["rejected_by_rule"]
+    assert ret_rules["returns.return_ts >= orders.order_ts"] == 1
+    n_child = int(returns["line_id"].isin(touched).sum())  # returns of the rejected lines follow them
+    assert rep["tables"]["returns"]["rejected"] == 1 + n_child
+    assert (
+        rep["tables"]["returns"]["cascaded"] + ret_rules.get("returns.line_id exists in order_lines", 0)
+        == n_child
+    )
+    rej = pd.read_parquet(out / "rejects" / "returns.parquet")
+    assert rej.loc[rej["_rule"] == "returns.return_ts >= orders.order_ts", "_row"].tolist() == [victim + 1]
