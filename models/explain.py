@@ -189,21 +189,33 @@ def explain_lines(
     missing = [c for c in names if c not in features.columns]
     if missing:
         raise KeyError(f"explain_lines: feature columns missing from the input frame: {missing}")
-    n = len(features)
-    out = {id_column: features[id_column].to_numpy() if id_column in features else np.arange(n)}
     codes, g = group_matrix(names, reason_of or R.reason_of)
-    contrib = compute_contributions(model, features, batch_size, progress, num_threads)
+    to_p = _raw_to_proba(model)
+    parts = []
+    for s in range(0, len(features), batch_size):
+        chunk = features.iloc[s : s + batch_size]
+        parts.append(_explain_batch(model, chunk, names, codes, g, k, to_p, num_threads, id_column))
+        if progress is not None:
+            progress(len(chunk))
+    if not parts:
+        return _explain_batch(model, features.iloc[:0], names, codes, g, k, to_p, num_threads, id_column)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def _explain_batch(model, frame, names, codes, g, k, to_p, num_threads, id_column) -> pd.DataFrame:
+    """One batch: contributions -> reasons -> top-k -> points -> sentences (bounded memory per batch)."""
+    n = len(frame)
+    out: dict[str, object] = {id_column: frame[id_column].to_numpy() if id_column in frame else np.arange(n)}
+    contrib = compute_contributions(model, frame, batch_size=max(n, 1), num_threads=num_threads)
     base = contrib[:, -1]
     raw = contrib.sum(axis=1)  # additivity: equals predict_raw (tested)
     grouped = group_contributions(contrib, g)
-    del contrib
     idx, vals = top_k(grouped, k)
-    to_p = _raw_to_proba(model)
     pp = probability_points(np.nan_to_num(vals), raw, base, to_p)
     out["return_probability"] = np.asarray(to_p(raw), dtype=np.float64)
     out["raw_score"] = raw
     out["base_value"] = base
-    sentences = R.render_reasons(idx, codes, features)
+    sentences = R.render_reasons(idx, codes, frame.reset_index(drop=True), contrib=contrib, features=names)
     code_arr = np.array([*codes, None], dtype=object)
     for j in range(k):
         out[f"reason_{j + 1}"] = sentences[j]

@@ -25,9 +25,18 @@ GENERIC_PREFIX = "feature:"
 class Lines:
     """The rows `rows` of a feature frame, with column access as numpy arrays (cached per frame)."""
 
-    def __init__(self, frame: pd.DataFrame, rows: np.ndarray, cache: dict[str, np.ndarray] | None = None):
+    def __init__(
+        self,
+        frame: pd.DataFrame,
+        rows: np.ndarray,
+        cache: dict[str, np.ndarray] | None = None,
+        contrib: np.ndarray | None = None,
+        features: list[str] | None = None,
+    ):
         self.frame, self.rows = frame, rows
         self._cache = cache if cache is not None else {}
+        self._contrib = contrib
+        self._col = {f: j for j, f in enumerate(features or [])}
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -58,6 +67,25 @@ class Lines:
         if not self.has(name):
             return np.full(len(self), np.nan)
         return self._full(name, "num")[self.rows]
+
+    def contrib(self, name: str) -> np.ndarray:
+        """The feature's SHAP value (log-odds) on these rows; 0 when unknown (not a model feature)."""
+        if self._contrib is None or name not in self._col:
+            return np.zeros(len(self))
+        return self._contrib[self.rows, self._col[name]]
+
+    def strongest(self, groups: dict[str, tuple[str, ...]]) -> np.ndarray:
+        """Per row, the key of `groups` whose features push hardest toward a return (sum of SHAP values).
+
+        Lets one reason pick the sentence for the part of it that actually drove the score.
+        """
+        keys = list(groups)
+        sums = np.column_stack(
+            [sum((self.contrib(f) for f in groups[key]), np.zeros(len(self))) for key in keys]
+        )
+        return (
+            np.array(keys, dtype=object)[np.argmax(sums, axis=1)] if len(self) else np.empty(0, dtype=object)
+        )
 
     def text(self, name: str, missing: str = "unknown") -> np.ndarray:
         """Column as an object array of str ('unknown' where missing or absent)."""
@@ -142,6 +170,7 @@ class Reason:
 
     code: str
     title: str
+    family: str
     features: tuple[str, ...]
     render: Callable[[Lines], np.ndarray]
 
@@ -199,10 +228,17 @@ def render(code: str, lines: Lines) -> np.ndarray:
     raise KeyError(f"unknown reason code {code!r}")
 
 
-def render_reasons(idx: np.ndarray, codes: list[str], frame: pd.DataFrame) -> list[np.ndarray]:
+def render_reasons(
+    idx: np.ndarray,
+    codes: list[str],
+    frame: pd.DataFrame,
+    contrib: np.ndarray | None = None,
+    features: list[str] | None = None,
+) -> list[np.ndarray]:
     """One object array of sentences per reason slot; slot 1 of a line without reasons gets NO_REASON.
 
-    Each (slot, reason) pair renders once over all the lines that chose it (vectorised).
+    Each (slot, reason) pair renders once over all the lines that chose it (vectorised). `frame` rows
+    align with `idx` rows (positional); `contrib`/`features` let templates see per-feature SHAP values.
     """
     n, k = idx.shape
     cache: dict[str, np.ndarray] = {}
@@ -215,11 +251,395 @@ def render_reasons(idx: np.ndarray, codes: list[str], frame: pd.DataFrame) -> li
         for c in range(len(codes)):
             rows = order[bounds[c + 1] : bounds[c + 2]]
             if len(rows):
-                col[rows] = render(codes[c], Lines(frame, rows, cache))
+                col[rows] = render(codes[c], Lines(frame, rows, cache, contrib, features))
         if j == 0:
             col[slot < 0] = NO_REASON
         out.append(col)
     return out
+
+
+# ---------------------------------------------------------------- templates, one per reason
+def _customer_returns(lines: Lines) -> np.ndarray:
+    """'This customer returned 7 of their last 9 items' (resolved earlier lines only)."""
+    res, ret = lines.num("cust_resolved_lines"), lines.num("cust_returns")
+    days = lines.num("cust_days_since_last_return")
+    main = cat(
+        "This customer returned ",
+        fmt_int(ret),
+        " of their ",
+        fmt_int(res),
+        plural(res, " earlier item", " earlier items"),
+    )
+    recent = cat(main, ", the latest ", fmt_int(days), plural(np.round(days), " day ago", " days ago"))
+    return choose(
+        [~(res > 0), days < 31],
+        [
+            np.full(
+                len(lines), "This customer has no earlier purchase whose outcome is known yet", dtype=object
+            ),
+            recent,
+        ],
+        main,
+    )
+
+
+def _product_returns(lines: Lines) -> np.ndarray:
+    """'This product is returned 31% of the time so far (120 sold)'."""
+    res, rate = lines.num("product_resolved_lines"), lines.num("product_return_rate")
+    sold = cat("This product is returned ", fmt_pct(rate), " of the time so far (", fmt_int(res), " sold)")
+    new = cat("New product with few sales (", fmt_int(res), "): its return rate is not known yet")
+    return choose([res < 20], [new], sold)
+
+
+def _category(lines: Lines) -> np.ndarray:
+    """'This customer returns 45% of their dresses (6 earlier)' / 'Dresses are often returned'."""
+    name = lines.text("category")
+    n, rate = lines.num("cust_category_lines"), lines.num("cust_category_return_rate")
+    own = cat("This customer returns ", fmt_pct(rate), " of their ", name, " (", fmt_int(n), " earlier)")
+    generic = cat("Items in ", name, " are often returned")
+    return choose([n > 0], [own], generic)
+
+
+register(
+    Reason(
+        "customer_returns",
+        "Customer's past returns",
+        "past_returns",
+        (
+            "cust_resolved_lines",
+            "cust_returns",
+            "cust_return_rate",
+            "cust_returned_value",
+            "cust_days_since_last_return",
+        ),
+        _customer_returns,
+    )
+)
+register(
+    Reason(
+        "product_returns",
+        "Product's past returns",
+        "past_returns",
+        (
+            "product_resolved_lines",
+            "product_return_rate",
+        ),
+        _product_returns,
+    )
+)
+register(
+    Reason(
+        "category",
+        "Category",
+        "category",
+        (
+            "category",
+            "cust_category_lines",
+            "cust_category_return_rate",
+        ),
+        _category,
+    )
+)
+
+
+def _price(lines: Lines) -> np.ndarray:
+    """The price part that drove the score: discount, price vs the category, or the order's value."""
+    part = lines.strongest(
+        {
+            "discount": ("discount",),
+            "level": ("unit_price", "price_vs_category_median"),
+            "basket": ("basket_value",),
+        }
+    )
+    disc, ratio = lines.num("discount"), lines.num("price_vs_category_median")
+    price, basket = lines.num("unit_price"), lines.num("basket_value")
+    discount = cat("Bought at a ", fmt_pct(disc), " discount")
+    dear = cat("Priced ", fmt_num(ratio, 1), "x the category's typical price (", fmt_num(price, 2), ")")
+    cheap = cat("Low price for its category (", fmt_num(price, 2), ", ", fmt_num(ratio, 1), "x typical)")
+    order = cat("Part of an order worth ", fmt_int(basket))
+    return choose(
+        [(part == "discount") & (disc > 0), (part == "level") & (ratio >= 1), part == "level"],
+        [discount, dear, cheap],
+        order,
+    )
+
+
+def _shipping(lines: Lines) -> np.ndarray:
+    """'Ships 2,300 km across a border (DE -> ES)' (countries when the frame carries them)."""
+    km, border = lines.num("ship_distance_km"), lines.num("cross_border")
+    src, dst = lines.text("warehouse_country", ""), lines.text("ship_country", "")
+    route = np.where((src != "") & (dst != ""), cat(" (", src, " -> ", dst, ")"), "").astype(object)
+    across = cat("Ships ", fmt_round(km, 100), " km across a border", route)
+    home = cat("Ships ", fmt_round(km, 100), " km", route)
+    return choose(
+        [border >= 1, km >= 0], [across, home], np.full(len(lines), "Long or unknown shipping route", object)
+    )
+
+
+def _late_deliveries(lines: Lines) -> np.ndarray:
+    """'40% of this customer's earlier deliveries were late (6.5 days on average)'."""
+    share, days = lines.num("cust_late_delivery_share"), lines.num("cust_mean_delivery_days")
+    late = cat(
+        fmt_pct(share),
+        " of this customer's earlier deliveries were late (",
+        fmt_num(days, 1),
+        " days on average)",
+    )
+    none = np.full(
+        len(lines), "No earlier delivery of this customer to judge delivery times by", dtype=object
+    )
+    return choose([share >= 0], [late], none)
+
+
+def _reviews(lines: Lines) -> np.ndarray:
+    """'Reviews of this product mention fit problems (12 of 30)' / negative reviews / low rating."""
+    part = lines.strongest(
+        {
+            "fit": ("product_fit_mention_share",),
+            "tone": ("product_sentiment_mean", "product_negative_share", "product_rating_mean"),
+            "count": ("product_review_count",),
+        }
+    )
+    n, fit = lines.num("product_review_count"), lines.num("product_fit_mention_share")
+    neg, rating = lines.num("product_negative_share"), lines.num("product_rating_mean")
+    fit_s = cat("Reviews of this product mention fit problems (", fmt_int(fit * n), " of ", fmt_int(n), ")")
+    tone = cat("Reviews of this product are negative (", fmt_int(neg * n), " of ", fmt_int(n), ")")
+    rated = cat(tone, ", average rating ", fmt_num(rating, 1), " stars")
+    few = cat("Few or no reviews of this product yet (", fmt_int(np.nan_to_num(n)), ")")
+    return choose(
+        [(part == "fit") & (n > 0), (part == "tone") & (n > 0) & (rating >= 0), (part == "tone") & (n > 0)],
+        [fit_s, rated, tone],
+        few,
+    )
+
+
+register(
+    Reason(
+        "price",
+        "Price",
+        "price",
+        (
+            "unit_price",
+            "discount",
+            "price_vs_category_median",
+            "basket_value",
+        ),
+        _price,
+    )
+)
+register(Reason("shipping", "Shipping route", "shipping", ("ship_distance_km", "cross_border"), _shipping))
+register(
+    Reason(
+        "late_deliveries",
+        "Earlier deliveries",
+        "shipping",
+        (
+            "cust_mean_delivery_days",
+            "cust_late_delivery_share",
+        ),
+        _late_deliveries,
+    )
+)
+register(
+    Reason(
+        "reviews",
+        "Product reviews",
+        "sentiment",
+        (
+            "product_review_count",
+            "product_sentiment_mean",
+            "product_negative_share",
+            "product_fit_mention_share",
+            "product_rating_mean",
+        ),
+        _reviews,
+    )
+)
+
+
+def _size_label(size_type: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """Size label of a rank on its size type's scale ('' when unknown)."""
+    from pipeline.contract import SIZE_SCALES
+
+    out = np.full(len(rank), "", dtype=object)
+    for st, scale in SIZE_SCALES.items():
+        m = (size_type == st) & (rank >= 0) & (rank < len(scale))
+        out[m] = np.array(scale, dtype=object)[rank[m].astype(int)]
+    return out
+
+
+def _size_rank(size_type: np.ndarray, size: np.ndarray) -> np.ndarray:
+    from pipeline.contract import SIZE_SCALES
+
+    out = np.full(len(size), np.nan)
+    for st, scale in SIZE_SCALES.items():
+        pos = {label: i for i, label in enumerate(scale)}
+        m = size_type == st
+        out[m] = [pos.get(v, np.nan) for v in size[m]]
+    return out
+
+
+def _size(lines: Lines) -> np.ndarray:
+    """'Size L is one larger than the M this customer kept' / never kept this size / product runs small.
+
+    Size labels need the optional context columns `size` and `size_type` (the explain stage joins them);
+    without them the sentence speaks of sizes in steps.
+    """
+    part = lines.strongest(
+        {
+            "distance": ("size_vs_kept_mode", "size_vs_kept_median"),
+            "never": ("size_ever_kept", "n_sizes_kept", "n_items_kept_sized"),
+            "product": ("product_size_tendency",),
+        }
+    )
+    d = lines.num("size_vs_kept_mode")
+    d = np.where(np.isnan(d), np.round(lines.num("size_vs_kept_median")), d)
+    n_kept, tend = lines.num("n_items_kept_sized"), lines.num("product_size_tendency")
+    size, size_type = lines.text("size", ""), lines.text("size_type", "")
+    kept_label = _size_label(size_type, _size_rank(size_type, size) - d)
+    known = (size != "") & (kept_label != "")
+    word = fmt_count_word(d)
+    larger = np.where(d > 0, " larger", " smaller").astype(object)
+    kept = cat(" (", fmt_int(n_kept), plural(n_kept, " item", " items"), " of this size type kept)")
+    labelled = cat(
+        "Size ", size, " is ", word, larger, " than the ", kept_label, " this customer usually keeps", kept
+    )
+    steps = cat(
+        "Ordered ",
+        word,
+        plural(np.abs(d), " size", " sizes"),
+        larger,
+        " than this customer usually keeps",
+        kept,
+    )
+    never = cat(
+        "This customer has never kept this size", np.where(size != "", cat(" (", size, ")"), ""), kept
+    )
+    first = np.full(len(lines), "This customer has not kept an item of this size type before", dtype=object)
+    runs = cat(
+        "This product runs ",
+        np.where(tend > 0, "small", "large").astype(object),
+        " (earlier returns and reviews)",
+    )
+    dist = (part == "distance") & (np.abs(d) >= 1)
+    return choose(
+        [dist & known, dist, (part == "product") & (tend != 0), n_kept > 0],
+        [labelled, steps, runs, never],
+        first,
+    )
+
+
+register(
+    Reason(
+        "size",
+        "Size",
+        "size",
+        (
+            "size_vs_kept_median",
+            "size_vs_kept_mode",
+            "size_ever_kept",
+            "n_sizes_kept",
+            "n_items_kept_sized",
+            "product_size_tendency",
+        ),
+        _size,
+    )
+)
+
+
+def _bracketing(lines: Lines) -> np.ndarray:
+    """'Ordered in 3 sizes in the same order (size bracketing)'."""
+    sizes, colors = lines.num("same_product_sizes"), lines.num("same_product_colors")
+    n = lines.num("same_product_lines")
+    by_size = cat("Ordered in ", fmt_int(sizes), " sizes in the same order (size bracketing)")
+    by_colour = cat("Ordered in ", fmt_int(colors), " colours in the same order (colour bracketing)")
+    dup = cat(fmt_int(n), " lines of this same product in the order")
+    single = np.full(len(lines), "The only line of this product in the order", dtype=object)
+    return choose([sizes > 1, colors > 1, n > 1], [by_size, by_colour, dup], single)
+
+
+def _basket(lines: Lines) -> np.ndarray:
+    """'Part of a 9-line order, 4 of them in the same category' / '3 units of this item'."""
+    part = lines.strongest(
+        {"units": ("quantity",), "order": ("basket_lines", "basket_units", "same_category_lines")}
+    )
+    q, n, same = lines.num("quantity"), lines.num("basket_lines"), lines.num("same_category_lines")
+    units = cat(fmt_int(q), " units of this item on one line")
+    order = cat("Part of a ", fmt_int(n), "-line order, ", fmt_int(same), " of them in the same category")
+    return choose([(part == "units") & (q > 1)], [units], order)
+
+
+def _customer_profile(lines: Lines) -> np.ndarray:
+    """'First order of a new customer' / 'Customer for 40 days with 2 earlier orders (1.5 a month)'."""
+    tenure, prior, rate = (
+        lines.num("cust_tenure_days"),
+        lines.num("cust_prior_orders"),
+        lines.num("cust_orders_per_30d"),
+    )
+    first = np.full(len(lines), "First order of a new customer", dtype=object)
+    profile = cat(
+        "Customer for ",
+        fmt_int(tenure),
+        plural(np.round(tenure), " day", " days"),
+        " with ",
+        fmt_int(prior),
+        plural(prior, " earlier order", " earlier orders"),
+        " (",
+        fmt_num(rate, 1),
+        " a month)",
+    )
+    return choose([~(prior > 0)], [first], profile)
+
+
+def _checkout(lines: Lines) -> np.ndarray:
+    """'Ordered via marketplace, paid by invoice'."""
+    return cat("Ordered via ", lines.text("channel"), ", paid by ", lines.text("payment_method"))
+
+
+register(
+    Reason(
+        "bracketing",
+        "Bracketing",
+        "basket",
+        (
+            "same_product_lines",
+            "same_product_sizes",
+            "same_product_colors",
+        ),
+        _bracketing,
+    )
+)
+register(
+    Reason(
+        "basket",
+        "Order contents",
+        "basket",
+        (
+            "quantity",
+            "basket_lines",
+            "basket_units",
+            "same_category_lines",
+        ),
+        _basket,
+    )
+)
+register(
+    Reason(
+        "customer_profile",
+        "Customer tenure",
+        "basket",
+        (
+            "cust_tenure_days",
+            "cust_prior_orders",
+            "cust_orders_per_30d",
+        ),
+        _customer_profile,
+    )
+)
+register(Reason("checkout", "Channel and payment", "basket", ("channel", "payment_method"), _checkout))
+
+#: Reason codes that explain a size mismatch (the size-reason metric counts these).
+SIZE_REASONS: frozenset[str] = frozenset(c for c, r in REASONS.items() if r.family == "size")
 
 
 # ---------------------------------------------------------------- index (after all registrations)
@@ -236,3 +656,8 @@ def _index() -> dict[str, str]:
 
 
 _REASON_OF: dict[str, str] = _index()
+
+
+def unassigned(features: list[str]) -> list[str]:
+    """Features with neither a reason template nor a deliberate generic fallback (must be empty)."""
+    return [f for f in features if f not in _REASON_OF and f not in GENERIC_FALLBACK]
