@@ -89,7 +89,16 @@ _DESC_ADJ = {
     "shoes": ("leather", "running", "suede", "chelsea", "canvas", "heeled", "loafer", "ankle"),
     "accessories": ("wool", "silk", "patterned", "knitted", "leather", "cashmere", "printed", "woven"),
     "bags": ("tote", "crossbody", "leather", "canvas", "mini", "weekend", "shoulder", "clutch"),
-    "electronics": ("wireless", "bluetooth", "smart", "portable", "noise-cancelling", "compact", "usb-c", "digital"),
+    "electronics": (
+        "wireless",
+        "bluetooth",
+        "smart",
+        "portable",
+        "noise-cancelling",
+        "compact",
+        "usb-c",
+        "digital",
+    ),
     "home": ("ceramic", "table", "floor", "rattan", "glass", "brass", "linen", "scented"),
     "beauty": ("hydrating", "night", "vitamin c", "matte", "organic", "repair", "day", "tinted"),
 }
@@ -110,7 +119,22 @@ COLORS = (
     "black", "white", "navy", "grey", "beige", "red", "green", "blue", "pink", "brown",
     "olive", "burgundy", "cream", "khaki", "camel", "silver", "gold", "yellow", "purple", "orange",
 )  # fmt: skip
-_BRAND_HEAD = ("Nord", "Vel", "Ast", "Mar", "Lum", "Kor", "Bel", "Sol", "Ter", "Ori", "Fen", "Iv", "Cal", "Zan")
+_BRAND_HEAD = (
+    "Nord",
+    "Vel",
+    "Ast",
+    "Mar",
+    "Lum",
+    "Kor",
+    "Bel",
+    "Sol",
+    "Ter",
+    "Ori",
+    "Fen",
+    "Iv",
+    "Cal",
+    "Zan",
+)
 _BRAND_TAIL = ("vik", "ora", "ello", "ique", "sen", "ano", "ity", "ara", "ström", "ley")
 
 # --- geography ------------------------------------------------------------------------------------
@@ -161,7 +185,9 @@ def generate(
     """Generate a seeded order history with returns, reviews and ground truth (see the module docstring)."""
     unknown = set(opts) - {f.name for f in fields(GeneratorOptions)}
     if unknown:
-        raise TypeError(f"generate(): unknown option(s) {sorted(unknown)}; known: {list(GeneratorOptions.__annotations__)}")
+        raise TypeError(
+            f"generate(): unknown option(s) {sorted(unknown)}; known: {list(GeneratorOptions.__annotations__)}"
+        )
     o = GeneratorOptions(**opts)
     if n_customers < 1 or n_products < len(CATEGORIES) or months < 1:
         raise ValueError(
@@ -353,7 +379,8 @@ def _products(rng: np.random.Generator, n: int) -> dict:
     quality = np.clip(b_quality[brand] + rng.normal(0, 0.14, n), 0.02, 0.99)
     price = _CAT_PRICE[cat] * b_price[brand] * rng.lognormal(0, 0.4, n)
     price = np.maximum(np.floor(price), 1.0) + 0.99
-    nad = (rng.beta(1.2, 50, n) + 0.03 * (1 - quality)) * _CAT_QUAL_SENS[cat]  # hidden "not as described" hazard
+    # hidden "not as described" hazard (photos/description off), worse for poor products
+    nad = (rng.beta(1.2, 50, n) + 0.03 * (1 - quality)) * _CAT_QUAL_SENS[cat]
     popularity = rng.lognormal(0, 1.0, n)
     n_colors = rng.integers(1, 5, n)
     color0 = rng.integers(0, len(COLORS), n)
@@ -394,7 +421,7 @@ def _quality_hazard(cat: np.ndarray, quality: np.ndarray) -> np.ndarray:
 def _season_weights(t0: pd.Timestamp, n_days: int) -> np.ndarray:
     """Daily order intensity: growth, weekends, Black Friday, Christmas and January sales."""
     days = pd.date_range(t0, periods=n_days, freq="D")
-    doy = days.dayofyear.to_numpy().astype("float64")
+    doy = days.day_of_year.to_numpy().astype("float64")
 
     def bump(center: float, width: float, height: float) -> np.ndarray:
         d = np.abs(doy - center)
@@ -402,12 +429,14 @@ def _season_weights(t0: pd.Timestamp, n_days: int) -> np.ndarray:
         return height * np.exp(-((d / width) ** 2))
 
     w = 1.0 + bump(332, 6, 1.2) + bump(350, 10, 0.7) + bump(8, 9, 0.45) + bump(196, 12, 0.2)
-    w *= np.where(days.dayofweek.to_numpy() >= 5, 1.12, 1.0)
+    w *= np.where(days.day_of_week.to_numpy() >= 5, 1.12, 1.0)
     w *= 1.0 + 0.25 * np.arange(n_days) / max(n_days, 1)
     return w
 
 
-def _orders(rng: np.random.Generator, cust: dict, wh: dict, t0: pd.Timestamp, n_days: int, o: GeneratorOptions) -> dict:
+def _orders(
+    rng: np.random.Generator, cust: dict, wh: dict, t0: pd.Timestamp, n_days: int, o: GeneratorOptions
+) -> dict:
     """Orders: count per customer, seasonal timestamps after signup, warehouse, channel, payment, delivery."""
     w = _season_weights(t0, n_days)
     cdf = np.concatenate([[0.0], np.cumsum(w)])
@@ -421,7 +450,9 @@ def _orders(rng: np.random.Generator, cust: dict, wh: dict, t0: pd.Timestamp, n_
     lo = cdf[cust["start_day"][cidx]]
     u = lo + rng.random(m) * (1.0 - lo)
     day = np.minimum(np.searchsorted(cdf, u, side="right") - 1, n_days - 1)
-    hour_w = np.array([2, 1, 1, 1, 1, 2, 3, 5, 6, 7, 7, 7, 8, 8, 7, 7, 7, 8, 9, 10, 11, 10, 7, 4], dtype="float64")
+    hour_w = np.array(
+        [2, 1, 1, 1, 1, 2, 3, 5, 6, 7, 7, 7, 8, 8, 7, 7, 7, 8, 9, 10, 11, 10, 7, 4], dtype="float64"
+    )
     hour = _draw(rng, hour_w, m)
     frac = (hour + rng.random(m)) / 24.0
     order_day = day + frac
@@ -433,7 +464,8 @@ def _orders(rng: np.random.Generator, cust: dict, wh: dict, t0: pd.Timestamp, n_
     slat = cust["lat"][cidx] + rng.normal(0, 0.05, m)
     slon = cust["lon"][cidx] + rng.normal(0, 0.05, m)
     dist_c = np.stack(
-        [haversine_km(cust["lat"], cust["lon"], wh["lat"][k], wh["lon"][k]) for k in range(len(wh["id"]))], axis=1
+        [haversine_km(cust["lat"], cust["lon"], wh["lat"][k], wh["lon"][k]) for k in range(len(wh["id"]))],
+        axis=1,
     )
     nearest = np.argmin(dist_c, axis=1)[cidx]
     widx = np.where(rng.random(m) < 0.8, nearest, rng.integers(0, len(wh["id"]), m))
@@ -450,9 +482,13 @@ def _orders(rng: np.random.Generator, cust: dict, wh: dict, t0: pd.Timestamp, n_
     delivered = order_day + deliver_days
     delivered = np.where(delivered <= n_days, delivered, np.nan)  # still in transit at the cutoff
 
-    channel = np.where(rng.random(m) < 0.75, cust["channel_pref"][cidx], _draw(rng, np.array(list(_CHANNEL_P.values())), m))
-    pay = np.where(rng.random(m) < 0.85, cust["pay_pref"][cidx], _draw(rng, np.array(list(_PAY_P.values())), m))
-    doy = (t0 + pd.to_timedelta(np.floor(order_day), unit="D")).dayofyear.to_numpy()
+    channel = np.where(
+        rng.random(m) < 0.75, cust["channel_pref"][cidx], _draw(rng, np.array(list(_CHANNEL_P.values())), m)
+    )
+    pay = np.where(
+        rng.random(m) < 0.85, cust["pay_pref"][cidx], _draw(rng, np.array(list(_PAY_P.values())), m)
+    )
+    doy = (t0 + pd.to_timedelta(np.floor(order_day), unit="D")).day_of_year.to_numpy()
     sale = ((doy >= 325) & (doy <= 360)) | (doy <= 14)  # Black Friday to Christmas, January sales
     return {
         "n": m,
@@ -532,12 +568,18 @@ def _lines(rng: np.random.Generator, cust: dict, prod: dict, orders: dict, o: Ge
     pick = rng.integers(0, 1 << 30, n) % prod["n_colors"][pidx]
     color = (prod["color0"][pidx] + pick * prod["color_step"][pidx]) % len(COLORS)
     multi = np.isin(pcat, [CATEGORIES.index(c) for c in ("accessories", "home", "beauty", "tops")])
-    quantity = 1 + np.where(~in_bracket & (rng.random(n) < np.where(multi, 0.18, 0.05)), 1 + rng.poisson(0.35, n), 0)
+    quantity = 1 + np.where(
+        ~in_bracket & (rng.random(n) < np.where(multi, 0.18, 0.05)), 1 + rng.poisson(0.35, n), 0
+    )
     list_price = prod["price"][pidx]
     day = orders["day"][oidx]
     sale = orders["sale"][oidx]
     p_disc = np.where(sale, 0.55, 0.2)
-    disc = np.where(rng.random(n) < p_disc, rng.choice(np.array([0.1, 0.2, 0.3, 0.4, 0.5]), n, p=[0.3, 0.3, 0.2, 0.12, 0.08]), 0.0)
+    disc = np.where(
+        rng.random(n) < p_disc,
+        rng.choice(np.array([0.1, 0.2, 0.3, 0.4, 0.5]), n, p=[0.3, 0.3, 0.2, 0.12, 0.08]),
+        0.0,
+    )
     unit_price = np.round(list_price * (1 - disc), 2)
     return {
         "n": n,
@@ -598,7 +640,9 @@ def _hazards(rng: np.random.Generator, cust: dict, prod: dict, orders: dict, lin
     h_dd = np.where(damaged, 0.8, np.minimum(0.03 * np.maximum(delay - 2.0, 0.0), 0.2))
     h[:, c["damage_delay"]] = h_dd * np.minimum(_CAT_QUAL_SENS[cat] * 1.2, 1.0)  # beauty: rarely worth it
     h[:, c["abuse"]] = np.where(arche == 4, 0.7, 0.0)
-    wardrobe = (arche == 3) & ((cat == _OCCASION) | (np.isin(cat, _APPAREL) & (lines["list_price"] > 1.5 * cat_med)))
+    wardrobe = (arche == 3) & (
+        (cat == _OCCASION) | (np.isin(cat, _APPAREL) & (lines["list_price"] > 1.5 * cat_med))
+    )
     h[:, c["wardrobing"]] = np.where(wardrobe, 0.8, 0.0)
     h[:, c["bracketing"]] = np.where(lines["bracket_extra"], 0.95, 0.0)
     p = 1.0 - np.prod(1.0 - h.astype("float64"), axis=1)
@@ -636,40 +680,177 @@ def _returns(rng: np.random.Generator, orders: dict, lines: dict) -> None:
     is_size = np.isin(cause, [c["size_mismatch"], c["bracketing"]])
     reason = np.where(is_size, np.where(u < 0.04, r["other"], size_reason), reason)
     reason = np.where(cause == c["quality"], np.where(u < 0.7, r["quality"], r["not_as_described"]), reason)
-    reason = np.where(cause == c["not_as_described"], np.where(u < 0.85, r["not_as_described"], r["other"]), reason)
+    reason = np.where(
+        cause == c["not_as_described"], np.where(u < 0.85, r["not_as_described"], r["other"]), reason
+    )
     dd = np.where(lines["damaged"], r["damaged"], r["late_delivery"])
     reason = np.where(cause == c["damage_delay"], np.where(u < 0.9, dd, r["other"]), reason)
-    claims = np.select([u < 0.4, u < 0.75, u < 0.85, u < 0.95], [r["damaged"], r["not_as_described"], r["quality"], r["changed_mind"]], r["other"])
+    claims = np.select(
+        [u < 0.4, u < 0.75, u < 0.85, u < 0.95],
+        [r["damaged"], r["not_as_described"], r["quality"], r["changed_mind"]],
+        r["other"],
+    )
     reason = np.where(cause == c["abuse"], claims, reason)
     ward = np.select([u < 0.55, u < 0.8], [r["changed_mind"], r["not_as_described"]], r["other"])
     reason = np.where(cause == c["wardrobing"], ward, reason)
     lines["reason"] = reason.astype("int8")
     q = lines["quantity"].astype("int64")
     partial = rng.random(n) < 0.5
-    lines["ret_qty"] = np.where((q > 1) & partial, 1 + (rng.random(n) * (q - 1)).astype("int64"), q).astype("int16")
+    lines["ret_qty"] = np.where((q > 1) & partial, 1 + (rng.random(n) * (q - 1)).astype("int64"), q).astype(
+        "int16"
+    )
 
 
 # --- reviews --------------------------------------------------------------------------------------
 _INTENS = ("", "really ", "very ", "super ", "extremely ", "quite ", "so ", "incredibly ", "truly ")
 _SOFT = ("", "a bit ", "slightly ", "somewhat ", "a little ", "rather ")
-_POS_ADJ = ("lovely", "beautiful", "comfortable", "gorgeous", "elegant", "stylish", "flattering", "great", "nice", "perfect", "wonderful", "excellent")
-_NEG_ADJ = ("disappointing", "awful", "uncomfortable", "terrible", "ugly", "bad", "horrible", "poor", "useless", "overpriced", "frustrating")
-_MID = ("It's okay.", "Does the job.", "Not bad, not great.", "Fine for the price.", "Mixed feelings.", "Average at best.", "It is alright I suppose.", "Nothing special.")
-_POS_TAIL = ("Would definitely buy again!", "Highly recommend.", "Five stars from me.", "Can't fault it.", "No complaints at all.", "Exceeded my expectations.", "Great value for money.", "So happy with this purchase.")
-_NEG_TAIL = ("Would not recommend.", "Waste of money.", "Never again.", "Returned it straight away.", "Very disappointed.", "Avoid.", "Not worth it.", "I regret buying this.")
-_I_LOVE = ("I love it!", "I absolutely love it.", "Love it!", "I really like it.", "I'm thrilled with it.", "Really pleased with it.")
-_I_HATE = ("I hate it.", "I really dislike it.", "I don't like it at all.", "Not happy with it.", "I'm so disappointed.", "I can't stand it.")
+_POS_ADJ = (
+    "lovely",
+    "beautiful",
+    "comfortable",
+    "gorgeous",
+    "elegant",
+    "stylish",
+    "flattering",
+    "great",
+    "nice",
+    "perfect",
+    "wonderful",
+    "excellent",
+)
+_NEG_ADJ = (
+    "disappointing",
+    "awful",
+    "uncomfortable",
+    "terrible",
+    "ugly",
+    "bad",
+    "horrible",
+    "poor",
+    "useless",
+    "overpriced",
+    "frustrating",
+)
+_MID = (
+    "It's okay.",
+    "Does the job.",
+    "Not bad, not great.",
+    "Fine for the price.",
+    "Mixed feelings.",
+    "Average at best.",
+    "It is alright I suppose.",
+    "Nothing special.",
+)
+_POS_TAIL = (
+    "Would definitely buy again!",
+    "Highly recommend.",
+    "Five stars from me.",
+    "Can't fault it.",
+    "No complaints at all.",
+    "Exceeded my expectations.",
+    "Great value for money.",
+    "So happy with this purchase.",
+)
+_NEG_TAIL = (
+    "Would not recommend.",
+    "Waste of money.",
+    "Never again.",
+    "Returned it straight away.",
+    "Very disappointed.",
+    "Avoid.",
+    "Not worth it.",
+    "I regret buying this.",
+)
+_I_LOVE = (
+    "I love it!",
+    "I absolutely love it.",
+    "Love it!",
+    "I really like it.",
+    "I'm thrilled with it.",
+    "Really pleased with it.",
+)
+_I_HATE = (
+    "I hate it.",
+    "I really dislike it.",
+    "I don't like it at all.",
+    "Not happy with it.",
+    "I'm so disappointed.",
+    "I can't stand it.",
+)
 _Q_POS = ("premium", "soft", "solid", "durable", "well made", "high quality", "luxurious", "sturdy")
 _Q_NEG = ("cheap", "flimsy", "thin", "scratchy", "rough", "fragile", "plasticky", "poorly finished")
-_Q_POS_S = ("Excellent stitching.", "Great build quality.", "Well made and sturdy.", "The quality is superb.", "Still like new after many washes.", "Solid craftsmanship.")
-_Q_NEG_S = ("Cheap fabric.", "Poor stitching.", "Fell apart after two washes.", "The seams came apart.", "Stopped working after a week.", "Not durable at all.", "Started falling apart quickly.", "Bad quality.")
-_SMALL = ("Runs small.", "Runs {i}small, order a size up.", "{I}tight.", "Much smaller than expected.", "Size up!", "Too small for me.", "The sizing is off, it runs small.", "Had to go a size up.")
-_LARGE = ("Runs large.", "Runs {i}big, size down.", "{I}baggy.", "Much bigger than expected.", "Size down!", "Too loose for me.", "The sizing is off, it runs large.", "Had to go a size down.")
-_TRUE = ("True to size.", "Fits perfectly.", "Fit as expected.", "Perfect fit.", "The size chart is accurate.", "Sizing is spot on.")
-_LATE = ("Delivery took ages.", "Arrived very late.", "Shipping was slow.", "Took forever to arrive.", "Delivery was delayed for days.")
-_DAMAGED = ("Arrived damaged.", "The box was crushed and the item was scratched.", "It came broken.", "Packaging was torn and it was dirty.")
+_Q_POS_S = (
+    "Excellent stitching.",
+    "Great build quality.",
+    "Well made and sturdy.",
+    "The quality is superb.",
+    "Still like new after many washes.",
+    "Solid craftsmanship.",
+)
+_Q_NEG_S = (
+    "Cheap fabric.",
+    "Poor stitching.",
+    "Fell apart after two washes.",
+    "The seams came apart.",
+    "Stopped working after a week.",
+    "Not durable at all.",
+    "Started falling apart quickly.",
+    "Bad quality.",
+)
+_SMALL = (
+    "Runs small.",
+    "Runs {i}small, order a size up.",
+    "{I}tight.",
+    "Much smaller than expected.",
+    "Size up!",
+    "Too small for me.",
+    "The sizing is off, it runs small.",
+    "Had to go a size up.",
+)
+_LARGE = (
+    "Runs large.",
+    "Runs {i}big, size down.",
+    "{I}baggy.",
+    "Much bigger than expected.",
+    "Size down!",
+    "Too loose for me.",
+    "The sizing is off, it runs large.",
+    "Had to go a size down.",
+)
+_TRUE = (
+    "True to size.",
+    "Fits perfectly.",
+    "Fit as expected.",
+    "Perfect fit.",
+    "The size chart is accurate.",
+    "Sizing is spot on.",
+)
+_LATE = (
+    "Delivery took ages.",
+    "Arrived very late.",
+    "Shipping was slow.",
+    "Took forever to arrive.",
+    "Delivery was delayed for days.",
+)
+_DAMAGED = (
+    "Arrived damaged.",
+    "The box was crushed and the item was scratched.",
+    "It came broken.",
+    "Packaging was torn and it was dirty.",
+)
 _FAST = ("Arrived quickly.", "Fast delivery.", "Delivered on time.", "Quick shipping.")
-_OCCASIONS = ("a wedding", "work", "my holiday", "my sister", "a party", "everyday use", "the winter", "a gift", "my partner", "a festival")
+_OCCASIONS = (
+    "a wedding",
+    "work",
+    "my holiday",
+    "my sister",
+    "a party",
+    "everyday use",
+    "the winter",
+    "a gift",
+    "my partner",
+    "a festival",
+)
 
 
 def _pool(rng: np.random.Generator, pool: tuple[str, ...] | list[str] | np.ndarray, n: int) -> np.ndarray:
@@ -697,7 +878,9 @@ def _reviews(
 ) -> dict:
     """Reviews after delivery; rating and text follow hidden quality, experienced fit, damage and delay."""
     delivered = orders["delivered"][lines["oidx"]]
-    unhappy = lines["drawn"] & np.isin(lines["cause"], [CAUSES.index(c) for c in ("quality", "damage_delay", "size_mismatch")])
+    unhappy = lines["drawn"] & np.isin(
+        lines["cause"], [CAUSES.index(c) for c in ("quality", "damage_delay", "size_mismatch")]
+    )
     p = o.review_rate * cust["review_propensity"][lines["cidx"]] / 1.38 * np.where(unhappy, 1.6, 1.0)
     wrote = np.isfinite(delivered) & (rng.random(lines["n"]) < np.minimum(p, 1.0))
     idx = np.flatnonzero(wrote)
@@ -730,8 +913,24 @@ def _reviews(
     noun = _CAT_NOUN[cat]
     intens_adj_pos = np.array([_cap(i + a) for i in _INTENS for a in _POS_ADJ], dtype=object)
     intens_adj_neg = np.array([_cap(i + a) for i in _INTENS for a in _NEG_ADJ], dtype=object)
-    not_pos = np.array([f"{s}{a}{t}" for s in ("Not ", "It is not ", "Honestly not ", "Definitely not ") for a in _POS_ADJ for t in (".", " at all.")], dtype=object)
-    not_neg = np.array([f"{s}{a}{t}" for s in ("Not ", "It is not ", "Honestly not ", "Definitely not ") for a in _NEG_ADJ for t in (".", " at all.")], dtype=object)
+    not_pos = np.array(
+        [
+            f"{s}{a}{t}"
+            for s in ("Not ", "It is not ", "Honestly not ", "Definitely not ")
+            for a in _POS_ADJ
+            for t in (".", " at all.")
+        ],
+        dtype=object,
+    )
+    not_neg = np.array(
+        [
+            f"{s}{a}{t}"
+            for s in ("Not ", "It is not ", "Honestly not ", "Definitely not ")
+            for a in _NEG_ADJ
+            for t in (".", " at all.")
+        ],
+        dtype=object,
+    )
 
     u = rng.integers(0, 4, m)
     pos = tone >= 3.6
@@ -777,15 +976,21 @@ def _reviews(
 
     # size sentence: the fit experienced, or the product's bias when the reviewer sized around it
     sized = lines["sized"][idx]
-    signal = np.where(fit != 0, np.sign(fit), np.sign(prod["bias"][pidx].astype("int64")) * (rng.random(m) < 0.6))
+    signal = np.where(
+        fit != 0, np.sign(fit), np.sign(prod["bias"][pidx].astype("int64")) * (rng.random(m) < 0.6)
+    )
     small = np.array(_expand(_SMALL, _INTENS + _SOFT), dtype=object)
     large = np.array(_expand(_LARGE, _INTENS + _SOFT), dtype=object)
-    size_s = np.where(signal < 0, _pool(rng, small, m), np.where(signal > 0, _pool(rng, large, m), _pool(rng, _TRUE, m)))
+    size_s = np.where(
+        signal < 0, _pool(rng, small, m), np.where(signal > 0, _pool(rng, large, m), _pool(rng, _TRUE, m))
+    )
     say_s = sized & (rng.random(m) < np.where(signal != 0, 0.75, 0.35))
     text = np.where(say_s, text + " " + size_s, text)
 
     # delivery sentence
-    deliv = np.where(damaged, _pool(rng, _DAMAGED, m), np.where(late, _pool(rng, _LATE, m), _pool(rng, _FAST, m)))
+    deliv = np.where(
+        damaged, _pool(rng, _DAMAGED, m), np.where(late, _pool(rng, _LATE, m), _pool(rng, _FAST, m))
+    )
     say_d = rng.random(m) < np.where(damaged, 0.8, np.where(late, 0.45, 0.12))
     text = np.where(say_d, text + " " + deliv, text)
     # closing remark sometimes

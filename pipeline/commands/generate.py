@@ -10,11 +10,21 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("generate")
     def generate_cmd(
-        out: Path = typer.Option(..., "--out", help="Folder for the canonical tables (<table>.parquet + meta.json)."),
-        truth: Path = typer.Option(..., "--truth", help="Folder for the ground truth (never read as features)."),
-        params: Path = typer.Option(Path("params.yaml"), "--params", help="params.yaml with `seed` and `generate:`."),
-        n_customers: int | None = typer.Option(None, "--n-customers", min=1, help="Override generate.n_customers."),
-        n_products: int | None = typer.Option(None, "--n-products", min=11, help="Override generate.n_products."),
+        out: Path = typer.Option(
+            ..., "--out", help="Folder for the canonical tables (<table>.parquet + meta.json)."
+        ),
+        truth: Path = typer.Option(
+            ..., "--truth", help="Folder for the ground truth (never read as features)."
+        ),
+        params: Path = typer.Option(
+            Path("params.yaml"), "--params", help="params.yaml with `seed` and `generate:`."
+        ),
+        n_customers: int | None = typer.Option(
+            None, "--n-customers", min=1, help="Override generate.n_customers."
+        ),
+        n_products: int | None = typer.Option(
+            None, "--n-products", min=11, help="Override generate.n_products."
+        ),
         months: int | None = typer.Option(None, "--months", min=1, max=120, help="Override generate.months."),
         start: str | None = typer.Option(None, "--start", help="Override generate.start (ISO date)."),
         seed: int | None = typer.Option(None, "--seed", help="Override the shared seed."),
@@ -48,7 +58,9 @@ def register(app: typer.Typer) -> None:
         g.update({k: v for k, v in overrides.items() if v is not None})
         missing = [k for k in ("n_customers", "n_products", "months") if k not in g]
         if missing:
-            raise typer.BadParameter(f"{params}: generate.{missing[0]} is not set (and no --{missing[0].replace('_', '-')} given)")
+            raise typer.BadParameter(
+                f"{params}: generate.{missing[0]} is not set (and no --{missing[0].replace('_', '-')} given)"
+            )
         run_seed = int(seed if seed is not None else cfg.get("seed", 0))
         t = time.perf_counter()
         with console.status("generating order history..."):
