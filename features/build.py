@@ -1,0 +1,230 @@
+"""Public entry points: the feature table over a whole history, and the same features for a scoring batch.
+
+Both run the same SQL (features/*.py over features/engine.py and features/streams.py); they differ
+only in which orders are *targets* (get a feature row): every order for `build_features`, the batch's
+orders for `build_features_for_batch`, computed over history + batch. Events (returns, reviews,
+deliveries, earlier orders) always come from everything given, and every feature only looks at events
+strictly before its order's timestamp, so a batch order gets exactly the row it would get had it been
+in the history (tests/test_features_parity.py).
+
+Assembly aliases used by the feature expressions: `l` (ln: the line), `cs`, `cc`, `sz`, `ps` (customer,
+customer x category, customer x size type, product streams), `pop` (population rate of the order's day),
+and the family tables (cm, sh, bo, bp, bc, o = the order, cu = the customer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from features import registry
+from features.engine import Context, FeaturizeParams, TableInput, connect, stage
+from features.sql import quote
+from features.streams import build_streams
+
+KEYS = ("line_id", "order_id", "customer_id", "product_id", "order_ts")
+LABELS = ("returned", "label_mature")
+
+BASE_JOINS = [
+    "LEFT JOIN s_customer cs ON cs.order_id = l.order_id",
+    "LEFT JOIN s_customer_category cc ON cc.order_id = l.order_id AND cc.category = l.category",
+    "LEFT JOIN s_product ps ON ps.order_id = l.order_id AND ps.product_id = l.product_id",
+    "LEFT JOIN pop ON pop.d = date_trunc('day', l.order_ts)",
+]
+
+
+def _timestamp(value: Any) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts
+
+
+@contextlib.contextmanager
+def _session(
+    tables: Mapping[str, TableInput | None], params: Any, target_orders: TableInput | None = None
+) -> Iterator[Context]:
+    """Stage the tables, run every family's preparation and the streams; close DuckDB afterwards."""
+    p = FeaturizeParams.from_params(params)
+    con = connect(p)
+    try:
+        t0 = time.perf_counter()
+        ctx = stage(con, tables, p, target_orders)
+        ctx.timings["stage_s"] = time.perf_counter() - t0
+        values = asdict(p)
+        for module in registry.FAMILY_MODULES:
+            prep = getattr(module, "prepare", None)
+            if prep is not None:
+                t0 = time.perf_counter()
+                prep(ctx)
+                ctx.timings[f"{module.FAMILY}_prepare_s"] = time.perf_counter() - t0
+        runnings = [r for m in registry.FAMILY_MODULES for r in getattr(m, "RUNNINGS", [])]
+        events = [
+            replace(e, values={k: v.format(**values) for k, v in e.values.items()})
+            for m in registry.FAMILY_MODULES
+            for e in getattr(m, "EVENTS", [])
+        ]
+        t0 = time.perf_counter()
+        build_streams(ctx, runnings, events)
+        ctx.timings["streams_s"] = time.perf_counter() - t0
+        for module in registry.FAMILY_MODULES:
+            fin = getattr(module, "finish", None)
+            if fin is not None:
+                fin(ctx)
+        yield ctx
+    finally:
+        con.close()
+
+
+def assembly_sql(ctx: Context, cutoff: pd.Timestamp | None) -> str:
+    """The final SELECT: keys, every registry feature (all-null when its inputs are missing), labels."""
+    values = asdict(ctx.params)
+    skipped = registry.skipped(ctx.available)
+    cols = [f"l.{k}" for k in KEYS]
+    for f in registry.FEATURES:
+        typ = "VARCHAR" if f.kind == "categorical" else "DOUBLE"
+        expr = "NULL" if f.name in skipped else f.expr.format(**values)
+        cols.append(f"CAST({expr} AS {typ}) AS {f.name}")
+    if cutoff is not None:
+        c = f"TIMESTAMP {quote(_timestamp(cutoff).isoformat(sep=' '))}"
+        cols.append(f"CAST(CASE WHEN l.first_return_ts <= {c} THEN 1 ELSE 0 END AS TINYINT) AS returned")
+        cols.append(f"(l.window_end <= {c}) AS label_mature")
+    joins = BASE_JOINS + [j for m in registry.FAMILY_MODULES for j in getattr(m, "JOINS", [])]
+    return (
+        f"SELECT {', '.join(cols)}\nFROM ln l\n" + "\n".join(joins)
+        + "\nWHERE l.is_target\nORDER BY l.order_ts, l.line_id"
+    )
+
+
+def _report(ctx: Context) -> dict[str, Any]:
+    skipped = registry.skipped(ctx.available)
+    return {
+        "features": [f.name for f in registry.FEATURES],
+        "n_features": len(registry.FEATURES),
+        "skipped_features": {name: miss for name, miss in skipped.items()},
+        "n_skipped": len(skipped),
+        "inputs_available": sorted(ctx.available),
+        "input_rows": dict(sorted(ctx.counts.items())),
+        "timings_s": {k: round(v, 3) for k, v in ctx.timings.items()},
+        "params": asdict(ctx.params),
+    }
+
+
+def to_frame(table: Any) -> pd.DataFrame:
+    """Arrow result -> pandas with categorical features as `category`."""
+    df = table.to_pandas()
+    for f in registry.FEATURES:
+        if f.kind == "categorical":
+            df[f.name] = df[f.name].astype("category")
+    return df
+
+
+def build_features(
+    tables: Mapping[str, TableInput | None], cutoff: Any, params: Any = None
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per order line with every feature as of its order's timestamp, plus labels.
+
+    `returned`: a return recorded at or before `cutoff`; `label_mature`: order_ts + window <= cutoff.
+    """
+    with _session(tables, params) as ctx:
+        t0 = time.perf_counter()
+        df = to_frame(ctx.con.sql(assembly_sql(ctx, cutoff)).to_arrow_table())
+        ctx.timings["assemble_s"] = time.perf_counter() - t0
+        report = _report(ctx)
+    report.update(_summary(df))
+    return df, report
+
+
+def _summary(df: pd.DataFrame) -> dict[str, Any]:
+    out: dict[str, Any] = {"rows": len(df)}
+    if len(df):
+        out["null_share"] = {f.name: round(float(df[f.name].isna().mean()), 4) for f in registry.FEATURES}
+        if "returned" in df:
+            out["returned_rate"] = round(float(df["returned"].mean()), 4)
+            out["mature_share"] = round(float(df["label_mature"].mean()), 4)
+    return out
+
+
+def featurize_to_parquet(
+    tables: Mapping[str, TableInput | None], cutoff: Any, out_path: Path | str, params: Any = None
+) -> dict[str, Any]:
+    """The same table as `build_features`, streamed by DuckDB straight into Parquet (no pandas copy).
+
+    For large histories: the rows never pass through Python, so peak memory is DuckDB's (memory_limit).
+    The caller renames the file into place (atomic writes live in pipeline.io).
+    """
+    with _session(tables, params) as ctx:
+        t0 = time.perf_counter()
+        ctx.sql(f"COPY ({assembly_sql(ctx, cutoff)}) TO {quote(str(out_path))} (FORMAT parquet, COMPRESSION zstd)")
+        ctx.timings["assemble_write_s"] = time.perf_counter() - t0
+        report = _report(ctx)
+        nulls = ", ".join(f"avg(CASE WHEN {f.name} IS NULL THEN 1.0 ELSE 0.0 END) AS {f.name}" for f in registry.FEATURES)
+        row = ctx.con.sql(
+            f"SELECT count(*) AS rows, avg(returned) AS r, avg(CAST(label_mature AS DOUBLE)) AS m, {nulls} "
+            f"FROM read_parquet({quote(str(out_path))})"
+        ).fetchone()
+    report["rows"] = int(row[0])
+    if row[0]:
+        report["returned_rate"] = round(float(row[1]), 4)
+        report["mature_share"] = round(float(row[2]), 4)
+        report["null_share"] = {f.name: round(float(v), 4) for f, v in zip(registry.FEATURES, row[3:], strict=True)}
+    return report
+
+
+def merge_tables(
+    history: Mapping[str, pd.DataFrame | None], batch: Mapping[str, pd.DataFrame | None]
+) -> dict[str, pd.DataFrame | None]:
+    """History + batch per table; keyed tables keep one row per key (the batch's version wins)."""
+    from pipeline.contract import TABLES
+
+    out: dict[str, pd.DataFrame | None] = {}
+    for name, spec in TABLES.items():
+        parts = [t for t in (history.get(name), batch.get(name)) if t is not None]
+        if not parts:
+            out[name] = None
+            continue
+        df = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        if spec.key and len(parts) > 1 and name in ("customers", "products", "warehouses"):
+            df = df.drop_duplicates(spec.key, keep="last", ignore_index=True)
+        out[name] = df
+    return out
+
+
+def build_features_for_batch(
+    history: Mapping[str, pd.DataFrame | None],
+    batch: Mapping[str, pd.DataFrame | None],
+    cutoff: Any = None,
+    params: Any = None,
+) -> pd.DataFrame:
+    """Features for the batch's order lines (no labels), as `build_features` would give them.
+
+    `batch` holds at least `orders` and `order_lines` of the new orders (and any new customers or
+    products); `history` the canonical tables known at scoring time. `cutoff` (the scoring time) is
+    accepted for symmetry and checked: no batch order may be dated after it.
+    """
+    if batch.get("orders") is None or batch.get("order_lines") is None:
+        raise ValueError("batch: needs the `orders` and `order_lines` tables of the orders to score")
+    orders = batch["orders"]
+    if cutoff is not None and len(orders):
+        late = orders[pd.to_datetime(orders["order_ts"]) > _timestamp(cutoff)]
+        if len(late):
+            raise ValueError(
+                f"batch orders: order_ts after the cutoff {cutoff} (first order_id {late['order_id'].iloc[0]!r})"
+            )
+    if history.get("orders") is not None:
+        clash = history["orders"]["order_id"].isin(orders["order_id"])
+        if clash.any():
+            raise ValueError(
+                f"batch orders: order_id {history['orders']['order_id'][clash].iloc[0]!r} is already in the history"
+            )
+    merged = merge_tables(history, batch)
+    target = pd.DataFrame({"order_id": orders["order_id"].drop_duplicates()})
+    with _session(merged, params, target_orders=target) as ctx:
+        df = to_frame(ctx.con.sql(assembly_sql(ctx, None)).to_arrow_table())
+    return df

@@ -1,0 +1,144 @@
+"""Review sentiment: what earlier reviewers said about the product, and whether they complained about fit.
+
+Why it predicts returns: products whose reviews are negative (or mention that they run small/large)
+disappoint the next buyer too. Each distinct review text is scored once with VADER (vaderSentiment
+ships its lexicon: nothing is downloaded), the fit rule below is a documented regular expression, and
+both are aggregated per product over the reviews posted strictly before the order.
+
+Fit rule (case-insensitive, on the review text):
+- runs small: "runs/fits/came/is ... (a bit/very/...) small|tight|short|narrow|snug", "too small/tight...",
+  "size up", "a/one/half size up/bigger/larger";
+- runs large: the same with large|big|loose|long|wide|baggy|roomy, "size down", "a size down/smaller";
+- fit problem (the share feature): runs small or large, "does not/didn't/won't fit", "poor/bad/odd fit",
+  "wrong size", "sizing is off/wrong/inconsistent".
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+
+from features.engine import Context
+from features.spec import FeatureSpec
+from features.sql import regex_match
+from features.streams import Events, Running
+
+FAMILY = "sentiment"
+
+_QUAL = r"(a\s+)?((bit|little|very|really|quite|slightly|way|too|so|rather|super)\s+)*"
+_VERB = r"\b(runs?|running|ran|fits?|fitting|fitted|came|comes|is|was|are|were|feels?|felt)\s+"
+RUNS_SMALL = (
+    _VERB + _QUAL + r"(small|tight|short|narrow|snug)\b"
+    r"|\btoo\s+(small|tight|short|narrow|snug)\b|\bsize\s+up\b|\b(a|one|half)\s+size\s+(up|bigger|larger)\b"
+)
+RUNS_LARGE = (
+    _VERB + _QUAL + r"(large|big|loose|long|wide|baggy|roomy)\b"
+    r"|\btoo\s+(large|big|loose|long|wide|baggy|roomy)\b|\bsize\s+down\b|\b(a|one|half)\s+size\s+(down|smaller)\b"
+)
+FIT_PROBLEM = (
+    RUNS_SMALL + "|" + RUNS_LARGE
+    + r"|\b(does\s*not|doesn[o'’]?t|did\s*not|didn[o'’]?t|won[o'’]?t|not|never)\s+fit\b"
+    r"|\b(poor|bad|odd|weird|strange|awkward|terrible)\s+fit\b|\bwrong\s+size\b"
+    r"|\bsizing\s+(is|was)\s+(off|wrong|inconsistent)\b"
+)
+
+
+@lru_cache(maxsize=1)
+def _analyzer():
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+    return SentimentIntensityAnalyzer()
+
+
+def sentiment_scores(texts: list[str]) -> np.ndarray:
+    """VADER compound score (-1..1) of each text; callers pass distinct texts (scoring is per text)."""
+    analyzer = _analyzer()
+    return np.fromiter((analyzer.polarity_scores(t)["compound"] for t in texts), dtype="float64", count=len(texts))
+
+
+def prepare(ctx: Context) -> None:
+    """Score each distinct review text once, flag fit mentions, and build `rv` (one row per review)."""
+    started = time.perf_counter()
+    ctx.sql("""
+        CREATE OR REPLACE TEMP TABLE review_text AS
+        SELECT DISTINCT text FROM t_reviews WHERE text IS NOT NULL
+    """)
+    texts = ctx.con.sql("SELECT text FROM review_text").to_arrow_table().column(0).to_pylist()
+    scores = pa.table({"text": pa.array(texts, pa.string()), "compound": sentiment_scores(texts)})
+    ctx.con.register("review_scores_src", scores)
+    low = "lower(s.text)"
+    ctx.sql(f"""
+        CREATE OR REPLACE TEMP TABLE rv AS
+        WITH s AS (
+            SELECT text, compound,
+                   {regex_match(low, RUNS_SMALL)} AS fit_small,
+                   {regex_match(low, RUNS_LARGE)} AS fit_large,
+                   {regex_match(low, FIT_PROBLEM)} AS fit_problem
+            FROM review_scores_src s
+        )
+        SELECT r.product_id, r.review_ts, CAST(r.rating AS DOUBLE) AS rating, s.compound,
+               s.fit_small, s.fit_large, s.fit_problem
+        FROM t_reviews r JOIN s ON s.text = r.text
+        WHERE r.review_ts IS NOT NULL
+    """)
+    ctx.con.unregister("review_scores_src")
+    ctx.counts["review_distinct_texts"] = len(texts)
+    ctx.timings["sentiment_scoring_s"] = time.perf_counter() - started
+
+
+def _flag(col: str) -> str:
+    return f"CASE WHEN {col} THEN 1.0 ELSE 0.0 END"
+
+
+RUNNINGS = [
+    Running("product", name) for name in ("p_rev", "p_sent", "p_neg", "p_fit", "p_rated", "p_rating")
+]
+
+EVENTS = [
+    Events(
+        "product",
+        "FROM rv",
+        "review_ts",
+        {
+            "p_rev": "1.0",
+            "p_sent": "compound",
+            "p_neg": "CASE WHEN compound <= {negative_sentiment} THEN 1.0 ELSE 0.0 END",
+            "p_fit": _flag("fit_problem"),
+            "p_rated": "CASE WHEN rating IS NOT NULL THEN 1.0 ELSE 0.0 END",
+            "p_rating": "coalesce(rating, 0.0)",
+        },
+    )
+]
+
+_REVIEWS = ("reviews",)
+
+FEATURES = [
+    FeatureSpec(
+        "product_review_count", FAMILY, "numeric",
+        "Reviews of the product posted before the order.", False, "ps.p_rev", requires=_REVIEWS,
+    ),
+    FeatureSpec(
+        "product_sentiment_mean", FAMILY, "numeric",
+        "Mean VADER compound sentiment (-1..1) of the product's earlier reviews.",
+        False, "CASE WHEN ps.p_rev > 0 THEN ps.p_sent / ps.p_rev END", requires=_REVIEWS,
+    ),
+    FeatureSpec(
+        "product_negative_share", FAMILY, "numeric",
+        "Share of the product's earlier reviews with negative sentiment (compound <= negative_sentiment).",
+        False, "CASE WHEN ps.p_rev > 0 THEN ps.p_neg / ps.p_rev END", requires=_REVIEWS,
+    ),
+    FeatureSpec(
+        "product_fit_mention_share", FAMILY, "numeric",
+        "Share of the product's earlier reviews that mention a fit problem (runs small/large, does not fit...).",
+        False, "CASE WHEN ps.p_rev > 0 THEN ps.p_fit / ps.p_rev END", requires=_REVIEWS,
+    ),
+    FeatureSpec(
+        "product_rating_mean", FAMILY, "numeric",
+        "Mean star rating (1-5) of the product's earlier rated reviews.",
+        False, "CASE WHEN ps.p_rated > 0 THEN ps.p_rating / ps.p_rated END",
+        requires=("reviews", "reviews.rating"),
+    ),
+]
