@@ -25,7 +25,7 @@ import pandas as pd
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 
 from pipeline.io import escape_formulas
 from pipeline.review.data import ReviewData, fmt_number
@@ -65,6 +65,13 @@ def _same(a: str | None, b: str) -> bool:
     return a is not None and hmac.compare_digest(a.encode(), b.encode())
 
 
+def _blank(v: Any) -> Any:
+    """Missing values (None, NaN, NaT, an absent column) show as an em dash."""
+    if v is None or isinstance(v, Undefined) or (not isinstance(v, str | list | dict) and pd.isna(v)):
+        return "—"
+    return v
+
+
 def _make_env() -> Environment:
     env = Environment(
         loader=FileSystemLoader(HERE / "templates"),
@@ -77,7 +84,7 @@ def _make_env() -> Environment:
     env.filters["date"] = lambda v, fmt="%Y-%m-%d": (
         "—" if v is None or pd.isna(v) else pd.Timestamp(v).strftime(fmt)
     )
-    env.filters["blank"] = lambda v: "—" if v is None or (not isinstance(v, str) and pd.isna(v)) else v
+    env.filters["blank"] = _blank
     env.globals["decision_labels"] = DECISION_LABELS
     return env
 

@@ -203,7 +203,12 @@ class ReviewData:
         out = [(c, label, fmt_number(rec[c], kind)) for c, label, kind in EVIDENCE if c in rec]
         known = {c for c, _, _ in EVIDENCE} | _NOT_EVIDENCE | {"id_str"}
         for c in self.flags.columns:
-            if c not in known and pd.api.types.is_numeric_dtype(self.flags[c]):
+            dtype = self.flags[c].dtype
+            if (
+                c not in known
+                and pd.api.types.is_numeric_dtype(dtype)
+                and not pd.api.types.is_bool_dtype(dtype)
+            ):
                 out.append((c, c.replace("_", " "), fmt_number(rec[c], "")))
         return out
 

@@ -178,7 +178,8 @@ def build_timeline(lines: pd.DataFrame, *, width: int = 900, height: int = 280) 
             parts.append(col)
         parts.append(f"value {_fmt_money(v)}")
         if returned:
-            days = text("days_to_return", i)
+            d = df["days_to_return"].iloc[i] if "days_to_return" in df else None
+            days = None if d is None or pd.isna(d) else f"{float(d):.0f}"
             reason = text("return_reason", i) or "no reason given"
             parts.append(f"returned after {days} days ({reason})" if days else f"returned ({reason})")
         else:
