@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
         metrics: Path = typer.Option(
             None, help="Metrics JSON to write (default: paths.metrics/explain.json)."
         ),
+        tables: Path = typer.Option(
+            None, help="Validated tables (paths.validated): size labels and countries for the sentences."
+        ),
         truth: Path = typer.Option(
             None, help="Generator truth folder (paths.truth); the size-reason metric is skipped when absent."
         ),
@@ -57,6 +60,7 @@ def register(app: typer.Typer) -> None:
             plots=(plots or path_of("plots", params)) / "explain",
             metrics=metrics or path_of("metrics", params) / "explain.json",
             truth=truth if truth is not None else path_of("truth", params),
+            tables=tables if tables is not None else path_of("validated", params),
             cfg=cfg,
             seed=int(params.get("seed", 0)),
             mlflow_log=mlflow_log,
@@ -93,6 +97,7 @@ def run_explain(
     metrics: Path,
     truth: Path | None,
     cfg: dict,
+    tables: Path | None = None,
     seed: int,
     mlflow_log: bool,
 ) -> dict:
@@ -126,7 +131,7 @@ def run_explain(
         end = ts[mature].max() if mature.any() else ts.max()
         start = end.normalize() - pd.Timedelta(days=window_days - 1)
         source = f"last {window_days} mature days (no predictions file in {model_dir})"
-    recent = frame.loc[(ts >= start).to_numpy()].reset_index(drop=True)
+    recent = _with_context(frame.loc[(ts >= start).to_numpy()].reset_index(drop=True), tables)
     test = recent["label_mature"].fillna(False).astype(bool).to_numpy() if "label_mature" in recent else None
     console.print(f"explain: {len(recent):,} lines from {start:%Y-%m-%d} on; test window from {source}")
 
@@ -169,6 +174,7 @@ def run_explain(
             np.abs(contrib.sum(axis=1) - served.predict_raw(test_frame)).max() if len(test_frame) else 0.0
         ),
         "top_family": str(fam.iloc[0]["family"]) if len(fam) else None,
+        "speed_goal_lines_per_s": float(cfg.get("speed_goal_lines_per_s", 20000)),
     }
     for _, row in fam.iterrows():
         m[f"family_share.{row['family']}"] = float(row["share"])
@@ -181,6 +187,41 @@ def run_explain(
     if mlflow_log:
         _log_mlflow(Path(model_dir), Path(out), m, pngs, console)
     return m
+
+
+def _with_context(frame, tables: Path | None):
+    """Add the sentence context the feature table lacks: size label, size type, countries (when available).
+
+    Context only: these columns are never model features; missing tables leave them out.
+    """
+    from pipeline.io import find_table_file, read_any
+
+    if tables is None or not Path(tables).is_dir():
+        return frame
+
+    def table(name, cols):
+        p = find_table_file(tables, name)
+        if p is None:
+            return None
+        df = read_any(p)
+        return df[[c for c in cols if c in df.columns]] if cols[0] in df.columns else None
+
+    out = frame
+    lines = table("order_lines", ["line_id", "size"])
+    if lines is not None and "size" in lines and "size" not in out:
+        out = out.merge(lines, on="line_id", how="left")
+    products = table("products", ["product_id", "size_type"])
+    if products is not None and "size_type" in products and "product_id" in out and "size_type" not in out:
+        out = out.merge(products, on="product_id", how="left")
+    orders = table("orders", ["order_id", "ship_country", "warehouse_id"])
+    if orders is not None and "order_id" in out and "ship_country" not in out:
+        warehouses = table("warehouses", ["warehouse_id", "country"])
+        if warehouses is not None and "warehouse_id" in orders:
+            orders = orders.merge(
+                warehouses.rename(columns={"country": "warehouse_country"}), on="warehouse_id", how="left"
+            )
+        out = out.merge(orders.drop(columns=["warehouse_id"], errors="ignore"), on="order_id", how="left")
+    return out
 
 
 def _family_of(features: list[str]) -> dict[str, str]:
@@ -261,7 +302,7 @@ def _plots(served, frame, contrib, glob, folder: Path, cfg: dict, seed: int) -> 
         ax.set_xlabel(feat)
         ax.set_ylabel("SHAP value (log-odds)")
         ax.set_title(f"Dependence: {feat}")
-        out.append(_save(plt, folder / f"dependence_{feat}.png"))
+        out.append(_save(plt, folder / "dependence" / f"{feat}.png"))
     return out
 
 
