@@ -116,6 +116,9 @@ def ingest_from_params(
             **options_from(g),
         )
         write_generated(generated, out, truth)
+        note = truth / "README.md"  # left by an earlier real-data ingest: no longer true
+        if note.is_file() and note.read_text(encoding="utf-8").startswith("# No ground truth"):
+            note.unlink()
         report = {"source": "generated", "tables": {k: len(v) for k, v in generated.tables.items()}}
         if report_path is not None:
             write_json(report, report_path)
