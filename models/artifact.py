@@ -45,7 +45,14 @@ def learn_levels(values: pd.Series, *, min_count: int = 1) -> list[str]:
 
 def encode_categorical(values: pd.Series, levels: Sequence[str]) -> np.ndarray:
     """Integer codes by position in `levels` as float64; unseen or missing -> NaN."""
-    codes = pd.Categorical(as_level_strings(values), categories=list(levels)).codes.astype(np.float64)
+    index = pd.Index(list(levels), dtype=object)
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        # map the (few) categories, then gather by code: fast on big frames
+        cat_codes = values.cat.codes.to_numpy()
+        per_category = index.get_indexer(values.cat.categories.astype("string").astype(object))
+        codes = np.where(cat_codes >= 0, per_category[cat_codes], -1).astype(np.float64)
+    else:
+        codes = index.get_indexer(as_level_strings(values).astype(object)).astype(np.float64)
     codes[codes < 0] = np.nan
     return codes
 
