@@ -87,9 +87,10 @@ class FlagParams:
     bracket_min_orders: int = 2
     bracket_min_share: float = 0.25
     # wardrobing
-    occasion_categories: tuple[str, ...] = ("dresses", "suits", "evening_wear", "formal", "party", "occasion")
-    high_value_quantile: float = 0.75
-    late_return_days: int = 7  # "close to the deadline": returned within the last N days of the window
+    occasion_categories: tuple[str, ...] = ("occasion_wear",)  # every item of these counts
+    high_value_categories: tuple[str, ...] = ("dresses", "tops", "jeans", "outerwear")  # only pricey ones
+    high_value_quantile: float = 0.8  # "pricey": unit_price >= this quantile of its category
+    late_return_days: int = 14  # "close to the deadline": returned within the last N days of the window
     wardrobing_min_returns: int = 2
     # claims
     claim_reasons: tuple[str, ...] = ("damaged", "not_as_described")
@@ -116,7 +117,7 @@ class FlagParams:
             raise ValueError(f"params.yaml flag: unknown key(s) {unknown}; known: {sorted(known)}")
         if "labels" in params and "return_window_days" not in section:
             section["return_window_days"] = params["labels"]["return_window_days"]
-        for key in ("occasion_categories", "claim_reasons"):
+        for key in ("occasion_categories", "high_value_categories", "claim_reasons"):
             if key in section:
                 section[key] = tuple(section[key])
         out = cls(**section)
@@ -233,7 +234,7 @@ def line_frame(
     order_lines: pd.DataFrame,
     returns: pd.DataFrame,
     products: pd.DataFrame,
-    expected: pd.DataFrame,
+    expected: pd.DataFrame | None,
     cutoff: pd.Timestamp,
     params: FlagParams,
 ) -> pd.DataFrame:
@@ -253,7 +254,8 @@ def line_frame(
         _require(
             df, name, [c for c in USED_COLUMNS[name] if c not in ("delivered_ts", "size", "color", "reason")]
         )
-    _require(expected, "expected", USED_COLUMNS["expected"])
+    if expected is not None:
+        _require(expected, "expected", USED_COLUMNS["expected"])
     cutoff = pd.Timestamp(cutoff)
     o = orders[[c for c in USED_COLUMNS["orders"] if c in orders.columns]].copy()
     if "delivered_ts" not in o.columns:
@@ -285,6 +287,10 @@ def line_frame(
     )
     lf["reason"] = lf["reason"].astype("string")
 
+    lf = lf.reset_index(drop=True)
+    source = "customer_blind_model"
+    if expected is None:
+        expected, source = product_rate_expectation(lf), "product_rate"
     exp = expected[["line_id", "p_return"]].drop_duplicates("line_id")
     lf = lf.merge(exp, on="line_id", how="left")
     missing = lf["p_return"].isna()
@@ -292,7 +298,43 @@ def line_frame(
     lf["p_return"] = lf["p_return"].fillna(fill if np.isfinite(fill) else 0.0).clip(0.0, 1.0)
     lf = lf.reset_index(drop=True)
     lf.attrs["n_missing_expected"] = int(missing.sum())
+    lf.attrs["expectation"] = source
     return lf
+
+
+def product_rate_expectation(lf: pd.DataFrame, prior_lines: float = 20.0) -> pd.DataFrame:
+    """A customer-blind expectation without a model: each line's product return rate among *other*
+    customers' mature lines, smoothed toward its category's rate with `prior_lines` pseudo-lines.
+
+    The flag stage uses the customer-blind model; this is the fallback when none is available and the
+    comparison that shows what the model's item-level detail (size, price, shipping) adds.
+    Returns line_id, p_return for every line of `lf`.
+    """
+    m = lf[lf["mature"]].copy()
+    cat = m["category"].astype("string").fillna("?")
+    m["_cat"] = cat
+    cat_rate = m.groupby("_cat")["returned"].mean()
+    m["_prior"] = cat.map(cat_rate).astype(float)
+    e = m["returned"].astype(float)
+    g_sum = e.groupby(m["product_id"]).transform("sum")
+    g_n = e.groupby(m["product_id"]).transform("size")
+    gc = [m["product_id"], m["customer_id"]]
+    own_sum = e.groupby(gc).transform("sum")
+    own_n = e.groupby(gc).transform("size")
+    rate = (g_sum - own_sum + prior_lines * m["_prior"]) / (g_n - own_n + prior_lines)
+    out = pd.DataFrame({"line_id": m["line_id"], "p_return": rate.clip(0.0, 1.0)})
+    rest = lf.loc[~lf["mature"], ["line_id", "product_id", "category"]]
+    if len(rest):
+        prod_rate = (
+            m.groupby("product_id")["returned"].sum()
+            + prior_lines * m.groupby("product_id")["_prior"].first()
+        ) / (m.groupby("product_id").size() + prior_lines)
+        r = rest["product_id"].map(prod_rate)
+        r = r.fillna(rest["category"].astype("string").map(cat_rate)).fillna(
+            float(m["returned"].mean() or 0.0)
+        )
+        out = pd.concat([out, pd.DataFrame({"line_id": rest["line_id"], "p_return": r.astype(float)})])
+    return out.reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -398,14 +440,17 @@ def _leave_customer_out_rate(
 def wardrobing_signal(lf: pd.DataFrame, p: FlagParams) -> pd.DataFrame:
     """Late returns of high-value occasion items, vs how often other customers return such items that late.
 
-    Eligible: mature lines of an occasion category priced at or above the category's `high_value_quantile`
-    of unit_price. Late: returned at least (window - late_return_days) days after delivery (order if no
-    delivery date).
+    Eligible: mature lines of an occasion category, or of a high-value category priced at or above that
+    category's `high_value_quantile` of unit_price. Late: returned at least (window - late_return_days)
+    days after delivery (after the order when there is no delivery date).
     """
     occasion = {c.lower() for c in p.occasion_categories}
+    pricey = {c.lower() for c in p.high_value_categories}
     cat = lf["category"].astype("string").str.lower()
     thr = lf.groupby(cat, sort=False)["unit_price"].transform(lambda s: s.quantile(p.high_value_quantile))
-    elig = lf[lf["mature"] & cat.isin(occasion).fillna(False) & (lf["unit_price"] >= thr)].copy()
+    is_occ = cat.isin(occasion).fillna(False).astype(bool)
+    is_hv = cat.isin(pricey).fillna(False).astype(bool) & (lf["unit_price"] >= thr)
+    elig = lf[lf["mature"] & (is_occ | is_hv)].copy()
     cols = [
         "wardrobing_returns",
         "wardrobing_expected",
