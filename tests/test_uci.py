@@ -418,6 +418,17 @@ def test_cli_ingest_bad_file_is_a_clear_error(tmp_path):
     assert "x.csv:notanOnlineRetailexport:columns" in text
 
 
+def test_ingest_with_no_order_lines_left_is_an_error_not_an_empty_dataset(tmp_path):
+    from pipeline.commands.ingest import ingest_uci
+    from pipeline.io import TableFileError
+
+    src = tmp_path / "only_postage.parquet"
+    export([buy("1", "POST", 1, "2011-01-01 10:00", desc="POSTAGE")]).to_parquet(src)
+    with pytest.raises(TableFileError, match=r"only_postage.parquet: no order lines left .*'non_goods': 1"):
+        ingest_uci(src, tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
 def test_from_params_uci_writes_tables_and_an_empty_truth_with_readme(tmp_path):
     from pipeline.commands.ingest import ingest_from_params
 

@@ -77,6 +77,11 @@ def ingest_uci(path: Path, out: Path, report_path: Path | None = None) -> dict[s
         tables, report = map_online_retail(df)
     except UCIFormatError as exc:
         raise TableFileError(f"{path}: {exc}") from exc
+    if report["rows"]["order_lines"] == 0:
+        raise TableFileError(
+            f"{path}: no order lines left after mapping {report['input_rows']} rows "
+            f"(excluded by reason: {report['rows']['excluded']}); nothing to write"
+        )
     report["input_file"] = str(path)
     meta = {
         "cutoff": report["cutoff"],
