@@ -406,3 +406,23 @@ def test_cli_generate_writes_tables_and_prints_a_summary(tmp_path):
     meta = json.loads((tmp_path / "raw" / "meta.json").read_text())
     assert meta["seed"] == 3 and meta["n_customers"] == 150 and meta["months"] == 2
     assert (tmp_path / "truth" / "customers_truth.parquet").is_file()
+
+
+def test_generate_benchmark_prints_name_value_unit_lines():
+    import subprocess
+    import sys
+
+    from pipeline.config import project_root
+
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.generate", "--rows", "3000"],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=project_root(),
+    ).stdout
+    figures = {line.split()[0]: line.split() for line in out.splitlines()}
+    assert all(len(f) == 3 for f in figures.values()), out
+    assert {"generate_rows", "generate_seconds", "generate_peak_rss"} <= set(figures)
+    assert 1500 < int(figures["generate_rows"][1]) < 6000
+    assert 0 < float(figures["generate_peak_rss"][1]) < 4
