@@ -174,7 +174,9 @@ def _parse_number(s: pd.Series, ctx: _ColumnContext, integer: bool) -> pd.Series
         raise _type_error(ctx.source, ctx.col.name, s.dtype, "a numeric column holds numbers or numeric text")
     if integer and pd.api.types.is_integer_dtype(s):
         return s
-    if pd.api.types.is_numeric_dtype(s):
+    if pd.api.types.is_float_dtype(s):
+        values = s  # float32 stays float32: widening would only cost memory
+    elif pd.api.types.is_numeric_dtype(s):
         values = s.astype("float64")
     elif _is_text(s):
         values = pd.to_numeric(_as_text(s), errors="coerce").astype("float64")
@@ -185,7 +187,8 @@ def _parse_number(s: pd.Series, ctx: _ColumnContext, integer: bool) -> pd.Series
         raise _type_error(ctx.source, ctx.col.name, s.dtype, "a numeric column holds numbers or numeric text")
     finite = values.isna() | np.isfinite(values)
     ctx.fails.add(~finite.to_numpy(), f"{ctx.qual} is a finite number", ctx.col.name)
-    values = values.where(finite)
+    if not finite.all():
+        values = values.where(finite)
     if not integer:
         return values
     whole = values.isna() | (values == np.floor(values))
@@ -194,6 +197,11 @@ def _parse_number(s: pd.Series, ctx: _ColumnContext, integer: bool) -> pd.Series
 
 
 def _parse_str(s: pd.Series, ctx: _ColumnContext) -> pd.Series:
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        if pd.api.types.is_string_dtype(s.cat.categories) or s.cat.categories.dtype == object:
+            return s  # categorical text stays categorical: same values, far cheaper to check and keep
+        ctx.convert(f"category of {s.cat.categories.dtype} -> text")
+        return _as_text(s)
     if pd.api.types.is_string_dtype(s):
         return s if s.dtype == "str" else _as_text(s)
     if pd.api.types.is_integer_dtype(s):
@@ -292,10 +300,19 @@ def column_schema(table: str, columns: Collection[str], params: Mapping[str, Any
     return pa.DataFrameSchema(cols, name=table, strict=False, coerce=False)
 
 
+def _per_value(s: pd.Series, fn) -> pd.Series:
+    """fn over a text series; for a categorical one, over its categories only (then spread by code)."""
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        ok = np.asarray(fn(pd.Series(s.cat.categories.astype("str"))), dtype=bool)
+        codes = s.cat.codes.to_numpy()
+        return pd.Series(np.where(codes >= 0, ok[np.maximum(codes, 0)], True), index=s.index)
+    return fn(s)
+
+
 def _not_blank(s: pd.Series) -> pd.Series:
-    if not pd.api.types.is_string_dtype(s):
+    if not (pd.api.types.is_string_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype)):
         return pd.Series(True, index=s.index)
-    return s.str.strip() != ""
+    return _per_value(s, lambda t: (t.str.strip() != "").fillna(True))
 
 
 def _in_range(lo: float | None, hi: float | None):
@@ -315,7 +332,7 @@ def _is_in(values: tuple[str, ...]):
 
 
 def _matches(pattern: str):
-    return lambda s: s.str.fullmatch(pattern).fillna(False).astype(bool)
+    return lambda s: _per_value(s, lambda t: t.str.fullmatch(pattern).fillna(False).astype(bool))
 
 
 def _column_rules(table: str, typed: pd.DataFrame, params: Mapping[str, Any], fails: _Failures) -> None:
@@ -334,17 +351,20 @@ def _column_rules(table: str, typed: pd.DataFrame, params: Mapping[str, Any], fa
 # Cross-row and cross-table rules (own vectorised code)
 
 
-def _duplicates(table: str, typed: pd.DataFrame, key: str | None, fails: _Failures) -> dict[str, int]:
-    """Exact repeats keep the first copy; conflicting copies of one key are all rejected."""
+def _duplicates(
+    table: str, typed: pd.DataFrame, cols: list[str], key: str | None, fails: _Failures
+) -> dict[str, int]:
+    """Exact repeats (over the contract columns `cols`) keep the first copy; conflicting copies of one
+    key are all rejected."""
     if key is None:
-        later = typed.duplicated(keep="first").to_numpy()
+        later = typed.duplicated(subset=cols, keep="first").to_numpy()
         fails.add(later, f"{table} duplicate row", None)
         return {"duplicate_rows": int(later.sum()), "conflicting_keys": 0}
     k = typed[key]
     dup = (k.duplicated(keep=False) & k.notna()).to_numpy()
     if not dup.any():
         return {"duplicate_rows": 0, "conflicting_keys": 0}
-    sub = typed[dup]
+    sub = typed.loc[dup, cols]
     later_copy = sub.duplicated(keep="first")
     distinct = sub.loc[~later_copy, key]
     conflict_keys = distinct[distinct.duplicated(keep=False)].unique()
@@ -355,28 +375,70 @@ def _duplicates(table: str, typed: pd.DataFrame, key: str | None, fails: _Failur
     return {"duplicate_rows": int((later_copy & ~conflicting).sum()), "conflicting_keys": len(conflict_keys)}
 
 
-def _lookup(keys: pd.Series, index: pd.Index, values: pd.Series) -> pd.Series:
-    """values[index == key] for each key (missing where the key is absent); index must be unique."""
-    pos = index.get_indexer(keys)
-    found = pos >= 0
-    out = values.iloc[np.where(found, pos, 0)].reset_index(drop=True)
-    return out.where(found)
+class _Lookup:
+    """Key -> column values in the clean tables, then the reference tables.
+
+    Each key index (a hash table) is built once and reused for every column looked up through it.
+    """
+
+    def __init__(self, clean: Mapping[str, pd.DataFrame], reference: Mapping[str, pd.DataFrame]) -> None:
+        self.clean, self.reference = clean, reference
+        self._index: dict[tuple[int, str], pd.Index] = {}
+
+    def has(self, table: str, column: str) -> bool:
+        return any(table in f and column in f[table] for f in (self.clean, self.reference))
+
+    def get(self, table: str, keys: pd.Series, column: str, to_numpy) -> tuple[np.ndarray, np.ndarray]:
+        """(to_numpy(column) of the row whose key equals each key, found); values are arbitrary where
+        not found."""
+        out: np.ndarray | None = None
+        done = np.zeros(len(keys), dtype=bool)
+        for n, frames in enumerate((self.clean, self.reference)):
+            if table not in frames or column not in frames[table]:
+                continue
+            frame = frames[table]
+            idx = self._index.get((n, table))
+            if idx is None:
+                idx = self._index[(n, table)] = pd.Index(frame[TABLES[table].key])
+            pos = idx.get_indexer(keys)
+            hit = (pos >= 0) & ~done
+            values = np.asarray(to_numpy(frame[column]))
+            if out is None:
+                out = values[np.maximum(pos, 0)] if len(values) else np.zeros(len(keys), dtype=values.dtype)
+            else:
+                out[hit] = values[pos[hit]]
+            done |= hit
+        if out is None:
+            out = np.zeros(len(keys))
+        return out, done
+
+
+def _floats(s: pd.Series) -> np.ndarray:
+    return s.to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _times(s: pd.Series) -> np.ndarray:
+    return s.to_numpy(dtype="datetime64[us]")
+
+
+def _scale_codes(s: pd.Series) -> np.ndarray:
+    """Position of each size_type in SIZE_SCALES (-1: no scale / missing), computed per distinct value."""
+    names = list(SIZE_SCALES)
+    if isinstance(s.dtype, pd.CategoricalDtype):
+        per_cat = np.array([names.index(c) if c in names else -1 for c in s.cat.categories], dtype=np.int16)
+        codes = s.cat.codes.to_numpy()
+        return np.where(codes >= 0, per_cat[np.maximum(codes, 0)], -1)
+    return pd.Series(s).map({name: k for k, name in enumerate(names)}).fillna(-1).to_numpy(dtype=np.int16)
+
+
+def _ids(s: pd.Series) -> np.ndarray:
+    return s.to_numpy()
 
 
 def _frames(
     table: str, clean: Mapping[str, pd.DataFrame], reference: Mapping[str, pd.DataFrame]
 ) -> list[pd.DataFrame]:
     return [f[table] for f in (clean, reference) if table in f]
-
-
-def _keyed(table: str, value: str, clean: Mapping, reference: Mapping) -> tuple[pd.Index, pd.Series]:
-    """Unique key index -> column values over the clean batch and the reference tables."""
-    key = TABLES[table].key
-    parts = [f[[key, value]] for f in _frames(table, clean, reference) if value in f]
-    if not parts:
-        return pd.Index([]), pd.Series([], dtype="float64")
-    both = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
-    return pd.Index(both[key]), both[value].reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -487,6 +549,7 @@ def validate_tables(
     missing: list[str] = [n for n in TABLE_ORDER if n not in tables and n not in reference]
     empty: list[str] = []
     unchecked_fks: list[str] = []
+    parents = _Lookup(clean, reference)
 
     for name in TABLE_ORDER:
         if name not in tables:
@@ -509,9 +572,8 @@ def validate_tables(
             typed[c] = raw[c]
 
         _column_rules(name, typed, params, fails)
-        dup_counts = _duplicates(
-            name, typed[[c.name for c in spec.columns if c.name in typed]], spec.key, fails
-        )
+        contract_cols = [c.name for c in spec.columns if c.name in typed]
+        dup_counts = _duplicates(name, typed, contract_cols, spec.key, fails)
 
         if spec.key is not None and spec.key in typed and name in reference and spec.key in reference[name]:
             seen = typed[spec.key].isin(reference[name][spec.key]).to_numpy()
@@ -544,11 +606,11 @@ def validate_tables(
             for col in spec.columns:
                 if col.type == TS and col.name in typed:
                     fails.add((typed[col.name] > cutoff).to_numpy(), f"{name}.{col.name} <= cutoff", col.name)
-        _table_specific(name, typed, fails, clean, reference)
+        _table_specific(name, typed, fails, parents)
 
         bad = fails.mask()
         ftab = fails.table()
-        good = typed.loc[~bad].reset_index(drop=True)
+        good = typed.loc[~bad].reset_index(drop=True) if bad.any() else typed
         for col in spec.columns:  # integers without missing values become plain int64
             if col.name in good and good[col.name].dtype == "Int64" and not good[col.name].isna().any():
                 good[col.name] = good[col.name].astype(np.int64)
@@ -608,47 +670,39 @@ def validate_tables(
     return ValidationResult(clean, rejects, report, unknown_keys)
 
 
-def _table_specific(
-    name: str,
-    typed: pd.DataFrame,
-    fails: _Failures,
-    clean: Mapping[str, pd.DataFrame],
-    reference: Mapping[str, pd.DataFrame],
-) -> None:
+def _table_specific(name: str, typed: pd.DataFrame, fails: _Failures, parents: _Lookup) -> None:
     """Rules that relate a row to other tables: time order, size scales, returned quantity."""
     if name == "orders" and "delivered_ts" in typed:
         early = (typed["delivered_ts"] < typed["order_ts"]).to_numpy()
         fails.add(early, "orders.delivered_ts >= orders.order_ts", "delivered_ts")
 
-    if name == "order_lines" and "size" in typed:
-        idx, size_type = _keyed("products", "size_type", clean, reference)
-        if len(idx):
-            st = _lookup(typed["product_id"], idx, size_type)
-            size = typed["size"]
-            off = np.zeros(len(typed), dtype=bool)
-            for scale_name, scale in SIZE_SCALES.items():
-                off |= (
-                    ((st == scale_name) & size.notna() & ~size.isin(scale)).fillna(False).to_numpy(dtype=bool)
-                )
-            fails.add(off, "order_lines.size on its product's size_type scale", "size")
+    if name == "order_lines" and "size" in typed and parents.has("products", "size_type"):
+        code, found = parents.get("products", typed["product_id"], "size_type", _scale_codes)
+        code = np.where(found, code, -1)
+        size = typed["size"]
+        off = np.zeros(len(typed), dtype=bool)
+        for k, scale in enumerate(SIZE_SCALES.values()):
+            rows = code == k
+            if rows.any():
+                off[rows] = (size[rows].notna() & ~size[rows].isin(scale)).to_numpy(dtype=bool)
+        fails.add(off, "order_lines.size on its product's size_type scale", "size")
 
-    if name == "returns":
-        l_idx, l_order = _keyed("order_lines", "order_id", clean, reference)
-        o_idx, o_ts = _keyed("orders", "order_ts", clean, reference)
-        if len(l_idx) and len(o_idx):
-            order_ts = _lookup(_lookup(typed["line_id"], l_idx, l_order), o_idx, o_ts)
-            before = (typed["return_ts"] < order_ts).fillna(False).to_numpy(dtype=bool)
+    if name == "returns" and parents.has("order_lines", "order_id"):
+        order_id, known = parents.get("order_lines", typed["line_id"], "order_id", _ids)
+        if parents.has("orders", "order_ts") and known.any():
+            ts, found = parents.get("orders", pd.Series(order_id[known]), "order_ts", _times)
+            order_ts = np.full(len(typed), np.datetime64("NaT", "us"), dtype="datetime64[us]")
+            order_ts[np.flatnonzero(known)[found]] = ts[found]
+            before = typed["return_ts"].to_numpy(dtype="datetime64[us]") < order_ts  # NaT compares False
             fails.add(before, "returns.return_ts >= orders.order_ts", "return_ts")
-        q_idx, l_qty = _keyed("order_lines", "quantity", clean, reference)
-        if len(q_idx):
-            ok = ~fails.mask()  # only returns that are otherwise valid count towards the line's quantity
-            r = typed.loc[ok, ["line_id", "return_ts", "quantity"]]
-            r = r.sort_values(["line_id", "return_ts"], kind="stable")
-            cum = r.groupby("line_id", sort=False)["quantity"].cumsum()
-            cap = _lookup(r["line_id"], q_idx, l_qty).astype("float64").to_numpy()
-            over = cum.to_numpy(dtype="float64") > cap
-            fails.add(
-                r.index.to_numpy()[over],
-                "returns.quantity (summed per line) <= order_lines.quantity",
-                "quantity",
-            )
+        ok = ~fails.mask()  # only returns that are otherwise valid count towards the line's quantity
+        r = typed.loc[ok, ["line_id", "return_ts", "quantity"]]
+        r = r.sort_values(["line_id", "return_ts"], kind="stable")
+        cum = r.groupby("line_id", sort=False)["quantity"].cumsum().to_numpy(dtype="float64")
+        cap, found = parents.get("order_lines", r["line_id"], "quantity", _floats)
+        cap = np.where(found, cap, np.nan)
+        fails.add(
+            r.index.to_numpy()[cum > cap],  # NaN (unknown line) compares False
+            "returns.quantity (summed per line) <= order_lines.quantity",
+            "quantity",
+        )
