@@ -71,23 +71,28 @@ def bracketing_orders(lines: pd.DataFrame) -> set:
     """Orders with one product in two or more distinct sizes/colours of which at least one came back.
 
     That is the reviewer-facing definition of a bracketing episode (the flag stage owns the scoring one):
-    buying several variants to keep one.
+    buying several variants to keep one. One customer's history is small, so plain dicts beat a pandas
+    groupby here (which cost ~0.3 s per page).
     """
-    if lines.empty or "product_id" not in lines:
+    if lines.empty or "product_id" not in lines or "order_id" not in lines:
         return set()
-    df = lines.copy()
-    variant = (
-        df.get("size", pd.Series("", index=df.index)).astype("string").fillna("")
-        + "|"
-        + df.get("color", pd.Series("", index=df.index)).astype("string").fillna("")
-    )
-    df["_variant"] = variant
-    df["_returned"] = df["return_ts"].notna() if "return_ts" in df else False
-    g = df.groupby(["order_id", "product_id"], sort=False).agg(
-        variants=("_variant", "nunique"), returned=("_returned", "sum")
-    )
-    hit = g[(g["variants"] >= 2) & (g["returned"] >= 1)]
-    return set(hit.index.get_level_values("order_id"))
+    n = len(lines)
+
+    def col(name: str) -> list:
+        return lines[name].tolist() if name in lines else [None] * n
+
+    returned = lines["return_ts"].notna().tolist() if "return_ts" in lines else [False] * n
+    variants: dict[tuple, set] = {}
+    any_back: dict[tuple, bool] = {}
+    for oid, pid, size, colour, back in zip(
+        col("order_id"), col("product_id"), col("size"), col("color"), returned, strict=True
+    ):
+        key = (oid, pid)
+        variants.setdefault(key, set()).add(
+            (None if pd.isna(size) else size, None if pd.isna(colour) else colour)
+        )
+        any_back[key] = any_back.get(key, False) or bool(back)
+    return {oid for (oid, pid), v in variants.items() if len(v) >= 2 and any_back[(oid, pid)]}
 
 
 def _fmt_money(v: float) -> str:
