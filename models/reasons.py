@@ -356,10 +356,12 @@ def _price(lines: Lines) -> np.ndarray:
     discount = cat("Bought at a ", fmt_pct(disc), " discount")
     dear = cat("Priced ", fmt_num(ratio, 1), "x the category's typical price (", fmt_num(price, 2), ")")
     cheap = cat("Low price for its category (", fmt_num(price, 2), ", ", fmt_num(ratio, 1), "x typical)")
+    usual = cat("Priced ", fmt_num(price, 2), ", about the category's typical price")
     order = cat("Part of an order worth ", fmt_int(basket))
+    level = part == "level"
     return choose(
-        [(part == "discount") & (disc > 0), (part == "level") & (ratio >= 1), part == "level"],
-        [discount, dear, cheap],
+        [(part == "discount") & (disc > 0), level & (ratio >= 1.15), level & (ratio <= 0.85), level],
+        [discount, dear, cheap, usual],
         order,
     )
 
@@ -513,7 +515,9 @@ def _size(lines: Lines) -> np.ndarray:
         kept,
     )
     never = cat(
-        "This customer has never kept this size", np.where(size != "", cat(" (", size, ")"), ""), kept
+        "This customer has never kept ",
+        np.where(size != "", cat("size ", size), "this size").astype(object),
+        kept,
     )
     first = np.full(len(lines), "This customer has not kept an item of this size type before", dtype=object)
     runs = cat(
@@ -591,9 +595,17 @@ def _customer_profile(lines: Lines) -> np.ndarray:
     return choose([~(prior > 0)], [first], profile)
 
 
+_PAYMENT_WORDS = {"cod": "cash on delivery", "gift_card": "gift card", "paypal": "PayPal"}
+
+
 def _checkout(lines: Lines) -> np.ndarray:
-    """'Ordered via marketplace, paid by invoice'."""
-    return cat("Ordered via ", lines.text("channel"), ", paid by ", lines.text("payment_method"))
+    """'Ordered via marketplace, paid by cash on delivery'."""
+    pay = lines.text("payment_method")
+    uniq, inv = np.unique(pay.astype(str), return_inverse=True)
+    words = np.array([_PAYMENT_WORDS.get(u, u.replace("_", " ")) for u in uniq], dtype=object)[
+        inv.reshape(-1)
+    ]
+    return cat("Ordered via ", lines.text("channel"), ", paid by ", words)
 
 
 register(

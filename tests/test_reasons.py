@@ -112,6 +112,20 @@ def test_other_sentences_carry_the_values():
     assert R.render("reviews", reviews).tolist() == [
         "Reviews of this product mention fit problems (12 of 30)"
     ]
+    assert R.render("checkout", _lines(channel=["app"], payment_method=["cod"])).tolist() == [
+        "Ordered via app, paid by cash on delivery"
+    ]
+    never = _lines(size=["S"], size_type=["alpha"], size_ever_kept=[0.0], n_items_kept_sized=[3.0])
+    assert R.render("size", never).tolist() == [
+        "This customer has never kept size S (3 items of this size type kept)"
+    ]
+    price = R.Lines(
+        pd.DataFrame({"unit_price": [50.0], "price_vs_category_median": [1.02], "discount": [0.1]}),
+        np.array([0]),
+        contrib=np.array([[0.3, 0.2, 0.1]]),  # the price level, not the discount, drove this line
+        features=["unit_price", "price_vs_category_median", "discount"],
+    )
+    assert R.render("price", price).tolist() == ["Priced 50.00, about the category's typical price"]
     assert R.render("bracketing", _lines(same_product_lines=[3.0], same_product_sizes=[3.0])).tolist() == [
         "Ordered in 3 sizes in the same order (size bracketing)"
     ]
