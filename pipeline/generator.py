@@ -346,6 +346,7 @@ def _customers(rng: np.random.Generator, n: int, t0: pd.Timestamp, n_days: int, 
         "lon": lon,
         "signup_ts": _days_to_ts(t0, signup_days),
         "start_day": start_day.astype("int32"),
+        "signup_day": signup_days,
         "arche": arche,
         "size_alpha": size_alpha,
         "size_shoe": size_shoe,
@@ -623,6 +624,7 @@ def _hazards(rng: np.random.Generator, cust: dict, prod: dict, orders: dict, lin
         + chan_eff
         + pay_eff
         + 0.25 * (lines["quantity"] > 1)
+        + 0.3 * (lines["day"] - cust["signup_day"][cidx] < 60)  # new accounts still learn the fit/shop
     )
     h = np.zeros((n, len(CAUSES)), dtype="float32")
     c = {name: i for i, name in enumerate(CAUSES)}

@@ -358,6 +358,14 @@ def test_bad_arguments_fail_clearly():
     assert options_from({"n_customers": 5, "abuse_share": 0.01, "start": "x"}) == {"abuse_share": 0.01}
 
 
+def test_no_orders_still_gives_every_contract_table():
+    data = generate(n_customers=5, n_products=11, months=1, seed=1, orders_per_customer=0.0)
+    assert len(data.tables["customers"]) == 5 and len(data.tables["order_lines"]) == 0
+    for name, df in data.tables.items():
+        assert list(df.columns) == [c.name for c in TABLES[name].columns]
+    assert return_rate(data) == 0.0
+
+
 def test_options_change_the_data():
     more = generate(**TINY, orders_per_customer=12.0)
     base = generate(**TINY)
