@@ -47,7 +47,7 @@ JOINS = [
     "LEFT JOIN t_customers cu ON cu.customer_id = l.customer_id",
 ]
 
-RUNNINGS = [Running("customer", "c_orders"), Running("customer", "c_first_order", "min")]
+RUNNINGS = [Running("customer", "c_orders"), Running("customer", "c_first_order", "first")]
 
 EVENTS = [Events("customer", "FROM ord", "order_ts", {"c_orders": "1.0", "c_first_order": "order_ts"})]
 

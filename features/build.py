@@ -71,7 +71,7 @@ def _session(
             for e in getattr(m, "EVENTS", [])
         ]
         t0 = time.perf_counter()
-        build_streams(ctx, runnings, events)
+        build_streams(ctx, runnings, events, method=p.stream_method)
         ctx.timings["streams_s"] = time.perf_counter() - t0
         for module in registry.FAMILY_MODULES:
             fin = getattr(module, "finish", None)
@@ -165,7 +165,7 @@ def featurize_to_parquet(
         ctx.timings["assemble_write_s"] = time.perf_counter() - t0
         report = _report(ctx)
         nulls = ", ".join(f"avg(CASE WHEN {f.name} IS NULL THEN 1.0 ELSE 0.0 END) AS {f.name}" for f in registry.FEATURES)
-        row = ctx.con.sql(
+        row = ctx.con.execute(
             f"SELECT count(*) AS rows, avg(returned) AS r, avg(CAST(label_mature AS DOUBLE)) AS m, {nulls} "
             f"FROM read_parquet({quote(str(out_path))})"
         ).fetchone()

@@ -51,6 +51,7 @@ class FeaturizeParams:
     late_delivery_days: float = 7.0
     negative_sentiment: float = -0.05
     category_median_min_lines: int = 5
+    stream_method: str = "scan"  # "scan" (DuckDB sort + numpy segmented scans) or "sql" (window functions)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | FeaturizeParams | None) -> FeaturizeParams:

@@ -23,7 +23,7 @@ RUNNINGS = [
     Running("customer", "c_res"),
     Running("customer", "c_ret"),
     Running("customer", "c_retval"),
-    Running("customer", "c_last_ret", "max"),
+    Running("customer", "c_last_ret", "last"),
     Running("product", "p_res"),
     Running("product", "p_ret"),
 ]
