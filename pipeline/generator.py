@@ -197,6 +197,9 @@ def generate(
     for name in ("cross_border_share", "abuse_share", "honest_high_share", "bracketer_share", "review_rate"):
         if not 0.0 <= getattr(o, name) <= 1.0:
             raise ValueError(f"generate(): {name} must be within [0, 1], got {getattr(o, name)}")
+    for name in ("orders_per_customer", "mean_extra_lines"):
+        if not getattr(o, name) >= 0.0:
+            raise ValueError(f"generate(): {name} must be >= 0, got {getattr(o, name)}")
     if o.abuse_share + o.honest_high_share + o.bracketer_share > 1.0:
         raise ValueError("generate(): abuse_share + honest_high_share + bracketer_share must be <= 1")
 

@@ -355,6 +355,8 @@ def test_bad_arguments_fail_clearly():
         generate(**TINY, shopping_spree=True)
     with pytest.raises(ValueError, match="abuse_share"):
         generate(**TINY, abuse_share=1.5)
+    with pytest.raises(ValueError, match="orders_per_customer"):
+        generate(**TINY, orders_per_customer=-1.0)
     assert options_from({"n_customers": 5, "abuse_share": 0.01, "start": "x"}) == {"abuse_share": 0.01}
 
 
