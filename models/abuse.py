@@ -802,7 +802,8 @@ def evaluate(
     """Metrics against the generator's archetypes (abuser = serial_abuser | wardrober), and the naive rule.
 
     - precision_at_k: abusers among the first k customers of the review queue.
-    - recall_review_restrict: abusers in tiers review+restrict / all abusers.
+    - recall_review_restrict: abusers in tiers review+restrict / all abusers (also among abusers with
+      >= naive_min_items mature items: a customer with 2 items cannot be told from bad luck).
     - misflag_share: flagged customers (tier != none) that are honest_high or bracketer typed as an abuser.
     - naive_*: the rule "return rate above X", ranking by return rate (>= naive_min_items items) at the
       same k, and at threshold naive_return_rate.
@@ -824,6 +825,7 @@ def evaluate(
     )
 
     rate = naive_return_rate(df, p)
+    enough = (df["n_items"] >= p.naive_min_items).to_numpy()
     naive_top = (
         df.assign(_rate=rate, _abuser=abuser).sort_values("_rate", ascending=False, kind="stable").head(k)
     )
@@ -847,6 +849,9 @@ def evaluate(
         "n_restrict": int((df["tier"] == "restrict").sum()),
         "precision_at_k": share(top["_abuser"].sum(), len(top)),
         "recall_review_restrict": share((rr & abuser).sum(), n_abusers),
+        # abusers with >= naive_min_items mature items: those whose history can show anything at all
+        "n_abusers_min_items": int((abuser & enough).sum()),
+        "recall_review_restrict_min_items": share((rr & abuser & enough).sum(), (abuser & enough).sum()),
         "precision_review_restrict": share((rr & abuser).sum(), n_rr),
         "misflag_share": share(misflag.sum(), flagged.sum()),
         "naive_precision_at_k": share(naive_top["_abuser"].sum(), len(naive_top)),

@@ -423,6 +423,7 @@ def test_evaluate_against_archetypes_and_naive_rule(scored):
     m = evaluate(s, truth, p, k=2)
     assert m["n_abusers"] == 2
     assert m["precision_at_k"] == 1.0 and m["recall_review_restrict"] == 1.0
+    assert m["n_abusers_min_items"] == 2 and m["recall_review_restrict_min_items"] == 1.0
     assert m["misflag_share"] == 0.0  # the bracketer is flagged, but typed bracketer
     # naive: SIXTY (60 %) outranks WARD (50 %) by return rate; with >= 5 items TWO is out
     assert m["naive_precision_at_k"] == 0.5
