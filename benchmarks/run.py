@@ -14,6 +14,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("generate", ["--rows", "1000000"]),
     ("validation", ["--rows", "300000", "--repeat", "1"]),
     ("uci_ingest", ["--rows", "540000", "--repeat", "1"]),
+    ("flag", ["--rows", "250000", "--repeat", "1"]),
 ]
 
 
