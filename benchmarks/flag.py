@@ -19,7 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=250_000, help="about this many order lines")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--k", type=int, default=None, help="review capacity (default: params flag.review_capacity_k)")
+    ap.add_argument(
+        "--k", type=int, default=None, help="review capacity (default: params flag.review_capacity_k)"
+    )
     args = ap.parse_args(argv)
 
     import pandas as pd
