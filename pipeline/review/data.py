@@ -144,6 +144,8 @@ class ReviewData:
         self._con = duckdb.connect()
         try:
             self._materialize()
+            # per-request queries touch a few hundred in-memory rows: one thread avoids scheduling overhead
+            self._con.execute("SET threads = 1")
         except duckdb.Error as exc:
             self._con.close()
             raise ReviewDataError(f"{self.validated_dir}: cannot read the order history ({exc})") from exc

@@ -153,47 +153,55 @@ def build_timeline(lines: pd.DataFrame, *, width: int = 900, height: int = 280) 
     if len(by_count) > len(PALETTE):
         tl.legend.append(("other", OTHER_COLOUR))
 
+    # plain lists: per-element .iloc on a frame costs more than the whole layout
+    n = len(df)
+
+    def column(name: str) -> list:
+        if name not in df:
+            return [None] * n
+        return [None if pd.isna(v) else v for v in df[name].tolist()]
+
+    oids, ts_list, ret_list = df["order_id"].tolist(), order_ts.tolist(), return_ts.tolist()
+    vals, cat_list = values.tolist(), cats.tolist()
+    sizes, colours, reasons, days_l = (
+        column("size"),
+        column("color"),
+        column("return_reason"),
+        column("days_to_return"),
+    )
+
     bracketed = bracketing_orders(df)
-    for oid in sorted(bracketed, key=lambda o: order_ts[df["order_id"] == o].iloc[0]):
-        ts = order_ts[df["order_id"] == oid].iloc[0]
-        x = x_of(ts)
-        n_var = int((df["order_id"] == oid).sum())
-        tl.bands.append(
-            Band(
-                x=round(x - 6, 1), width=12.0, tip=f"Bracketing: order {oid} on {ts:%Y-%m-%d} ({n_var} lines)"
-            )
-        )
+    first_ts: dict = {}
+    n_in_order: dict = {}
+    for oid, ts in zip(oids, ts_list, strict=True):
+        first_ts.setdefault(oid, ts)
+        n_in_order[oid] = n_in_order.get(oid, 0) + 1
+    for oid in sorted(bracketed, key=lambda o: first_ts[o]):
+        ts = first_ts[oid]
+        tip = f"Bracketing: order {oid} on {ts:%Y-%m-%d} ({n_in_order[oid]} lines)"
+        tl.bands.append(Band(x=round(x_of(ts) - 6, 1), width=12.0, tip=tip))
 
-    def text(col: str, i: int) -> str | None:
-        if col not in df:
-            return None
-        v = df[col].iloc[i]
-        return None if pd.isna(v) else str(v)
-
-    for i in range(len(df)):
-        ts = order_ts.iloc[i]
-        v = float(values.iloc[i])
+    for i in range(n):
+        ts, v, rts = ts_list[i], float(vals[i]), ret_list[i]
         x, y = x_of(ts), y_of(v)
-        returned = bool(pd.notna(return_ts.iloc[i]))
-        parts = [f"{ts:%Y-%m-%d}", f"order {df['order_id'].iloc[i]}", cats.iloc[i]]
-        size, col = text("size", i), text("color", i)
-        if size:
-            parts.append(f"size {size}")
-        if col:
-            parts.append(col)
+        returned = rts is not None and not pd.isna(rts)
+        parts = [f"{ts:%Y-%m-%d}", f"order {oids[i]}", str(cat_list[i])]
+        if sizes[i] is not None and str(sizes[i]):
+            parts.append(f"size {sizes[i]}")
+        if colours[i] is not None and str(colours[i]):
+            parts.append(str(colours[i]))
         parts.append(f"value {_fmt_money(v)}")
         if returned:
-            d = df["days_to_return"].iloc[i] if "days_to_return" in df else None
-            days = None if d is None or pd.isna(d) else f"{float(d):.0f}"
-            reason = text("return_reason", i) or "no reason given"
+            reason = reasons[i] or "no reason given"
+            days = None if days_l[i] is None else f"{float(days_l[i]):.0f}"
             parts.append(f"returned after {days} days ({reason})" if days else f"returned ({reason})")
         else:
             parts.append("kept")
         tip = " · ".join(parts)
-        is_br = df["order_id"].iloc[i] in bracketed
-        tl.points.append(Point(x, y, 5.0 if is_br else 4.0, colour[cats.iloc[i]], returned, is_br, tip))
+        is_br = oids[i] in bracketed
+        tl.points.append(Point(x, y, 5.0 if is_br else 4.0, colour[cat_list[i]], returned, is_br, tip))
         if returned:
-            tl.segments.append(Segment(x, x_of(return_ts.iloc[i]), y, tip))
+            tl.segments.append(Segment(x, x_of(rts), y, tip))
     tl.n_lines = len(df)
     tl.n_returned = int(return_ts.notna().sum())
 
