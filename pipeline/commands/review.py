@@ -56,13 +56,14 @@ def register(app: typer.Typer) -> None:
                 console.print(f"created decisions database {db}")
             env_token = os.environ.get(TOKEN_ENV, "")
             token = env_token or new_token()
-            web = create_app(
-                flags_dir=flags or path_of("flags"),
-                validated_dir=validated or path_of("validated"),
-                explain_dir=explain or path_of("explain"),
-                db_path=db,
-                token=token,
-            )
+            with console.status("loading the flagged customers and their order history ..."):
+                web = create_app(
+                    flags_dir=flags or path_of("flags"),
+                    validated_dir=validated or path_of("validated"),
+                    explain_dir=explain or path_of("explain"),
+                    db_path=db,
+                    token=token,
+                )
         except (StoreError, ReviewDataError, ValueError) as exc:
             console.print(
                 f"[red]cannot start the review app:[/red] {escape(str(exc))}", markup=True, highlight=False
