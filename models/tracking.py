@@ -215,6 +215,27 @@ def decide_champion(
     )
 
 
+def artifact_root(uri: str) -> str | None:
+    """Artifacts beside a SQLite store (<db folder>/mlartifacts), not in ./mlruns of whatever the cwd is."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///") :]).resolve().parent / "mlartifacts").as_uri()
+    return None  # a tracking server decides
+
+
+def ensure_experiment(client: Any, uri: str) -> str:
+    """The returnrisk experiment's id (created with its artifact root on first use) and make it current."""
+    import mlflow
+
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    exp_id = (
+        exp.experiment_id
+        if exp
+        else client.create_experiment(EXPERIMENT, artifact_location=artifact_root(uri))
+    )
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
 def log_training_run(
     *,
     model_dir: Path,
@@ -238,8 +259,8 @@ def log_training_run(
     from pipeline.config import configure_mlflow
 
     uri = configure_mlflow()
-    mlflow.set_experiment(EXPERIMENT)
     client = MlflowClient()
+    ensure_experiment(client, uri)
     sig, example = signature_example(example_frame, model)
     with mlflow.start_run(run_name=run_name) as run:
         mlflow.log_params({k: ("null" if v is None else v) for k, v in flatten(params).items()})

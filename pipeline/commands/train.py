@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import typer
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see models/train.py: before LightGBM loads
 
 FEATURES_FILE = "features.parquet"
 PREDICTIONS_FILE = "predictions.parquet"
