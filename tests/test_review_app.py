@@ -167,9 +167,8 @@ def test_customer_page_shows_evidence_timeline_reviews_and_escapes(client, sampl
 def test_customer_page_without_line_reasons_or_evidence(sample, tmp_path):
     flags = pd.read_parquet(sample.flags / "flagged_customers.parquet")
     (tmp_path / "flags").mkdir()
-    flags[["customer_id", "abuse_score", "tier", "abuse_type"]].to_parquet(
-        tmp_path / "flags" / "flagged_customers.parquet"
-    )
+    slim = flags[["customer_id", "abuse_score", "tier", "abuse_type"]].assign(s_excess=0.25, suppressed=False)
+    slim.to_parquet(tmp_path / "flags" / "flagged_customers.parquet")
     app = create_app(
         flags_dir=tmp_path / "flags",
         validated_dir=sample.validated,
@@ -181,6 +180,8 @@ def test_customer_page_without_line_reasons_or_evidence(sample, tmp_path):
     html = c.get(customer_url(str(sample.customer_ids[5]))).text
     assert "Line reasons are not available" in html
     assert "No evidence columns" in html
+    assert "More signals from the flag stage (1)" in html and 'data-col="s_excess"' in html
+    assert 'data-col="suppressed"' not in html
     assert c.get("/queue").status_code == 200
 
 

@@ -229,6 +229,7 @@ def create_app(
             "customer.html",
             c=rec,
             evidence=data.evidence(rec),
+            extra_evidence=data.extra_evidence(rec),
             reasons=data.reasons(rec),
             net_value=fmt_number(rec.get("net_value"), "money") if "net_value" in rec else None,
             values=data.value_summary(history),

@@ -211,17 +211,18 @@ class ReviewData:
         return int(id_str) if self.id_is_int else id_str
 
     def evidence(self, rec: dict[str, Any]) -> list[tuple[str, str, str]]:
-        """(column, label, formatted value) for every evidence column present, known ones first."""
-        out = [(c, label, fmt_number(rec[c], kind)) for c, label, kind in EVIDENCE if c in rec]
-        known = {c for c, _, _ in EVIDENCE} | _NOT_EVIDENCE | {"id_str"}
+        """(column, label, formatted value) for the known evidence columns present, in a fixed order."""
+        return [(c, label, fmt_number(rec[c], kind)) for c, label, kind in EVIDENCE if c in rec]
+
+    def extra_evidence(self, rec: dict[str, Any]) -> list[tuple[str, str, str]]:
+        """Any other numeric column of the flag output (intermediate signals), shown folded away."""
+        known = {c for c, _, _ in EVIDENCE} | _NOT_EVIDENCE | {"id_str", "returns_since_decision"}
+        out = []
         for c in self.flags.columns:
             dtype = self.flags[c].dtype
-            if (
-                c not in known
-                and pd.api.types.is_numeric_dtype(dtype)
-                and not pd.api.types.is_bool_dtype(dtype)
-            ):
-                out.append((c, c.replace("_", " "), fmt_number(rec[c], "")))
+            if c in known or not pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
+                continue
+            out.append((c, c.replace("_", " "), fmt_number(rec[c], "")))
         return out
 
     @staticmethod
