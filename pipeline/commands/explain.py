@@ -146,6 +146,7 @@ def run_explain(
             batch_size=int(cfg.get("batch_size", E.DEFAULT_BATCH)),
             num_threads=int(cfg.get("num_threads", 0)),
             progress=lambda n: bar.advance(task, n),
+            method=str(cfg.get("treeshap", "auto")),
         )
     seconds = time.perf_counter() - t0
     keep = [c for c in ("line_id", "order_id", "customer_id", "order_ts") if c in recent]
@@ -154,7 +155,12 @@ def run_explain(
 
     # global explanations on the test window (mature lines of it)
     test_frame = recent.loc[test] if test is not None and test.any() else recent
-    contrib = E.compute_contributions(served, test_frame, num_threads=int(cfg.get("num_threads", 0)))
+    contrib = E.compute_contributions(
+        served,
+        test_frame,
+        num_threads=int(cfg.get("num_threads", 0)),
+        method=str(cfg.get("treeshap", "auto")),
+    )
     family_of = _family_of(served.features)
     glob = E.global_importance(contrib, served.features, family_of)
     fam = E.family_importance(contrib, served.features, family_of)
@@ -174,6 +180,9 @@ def run_explain(
             np.abs(contrib.sum(axis=1) - served.predict_raw(test_frame)).max() if len(test_frame) else 0.0
         ),
         "top_family": str(fam.iloc[0]["family"]) if len(fam) else None,
+        "treeshap_tables_used": int(
+            cfg.get("treeshap", "auto") != "lightgbm" and E._tables_for(served.booster) is not None
+        ),
         "speed_goal_lines_per_s": float(cfg.get("speed_goal_lines_per_s", 20000)),
     }
     for _, row in fam.iterrows():
