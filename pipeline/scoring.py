@@ -1,0 +1,802 @@
+"""Batch scoring: a checkout export of new orders -> one scored row per order line (`returnrisk score`).
+
+The I/O edge around pure logic that lives elsewhere: validation (`pipeline.validation.validate_tables` with
+the history as reference), features (`features.build.build_features_for_batch`: the same SQL as the
+training features, so an order scored here gets exactly the row it has in training), the model
+(`models.artifact.ReturnModel`: calibrated probabilities), reasons (`models.explain.explain_lines`).
+
+Why it is shaped like this:
+
+* **Chunks of whole orders.** `order_lines` (the big table) is read in chunks of about `chunk_lines`
+  lines (Parquet batches / CSV chunks); the lines of the last order in a chunk are held back for the next
+  one, so basket features always see every line of an order. Assumption (README): the lines of an order are
+  contiguous in the export; a line whose order was already scored in an earlier chunk is rejected.
+  `orders`, `customers` and `products` of the export are read whole (they are small next to the lines).
+* **Exactness across chunks.** Chunk k is featurized against the history plus chunks 1..k-1 (their orders
+  and lines are events: earlier orders, deliveries). When the export is in time order (a checkout export
+  is) this equals scoring the whole export at once; an order's features only see events before it.
+* **Atomic outputs.** Output and rejects are streamed into hidden temporary files beside the targets and
+  renamed only when complete: a killed run leaves no file or the previous complete one.
+* **Deterministic.** Rows keep input order; Parquet/CSV writing has no clock in it, so the same inputs
+  (and the same `scored_at`) give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.contract import TABLES
+
+EXPORT_TABLES = ("customers", "products", "orders", "order_lines")  # what an export may hold
+REQUIRED_EXPORT = ("orders", "order_lines")
+RISK_BANDS = ("low", "medium", "high")
+NO_FLAG = "none"  # abuse tier/type of a customer with no flag (and of a new customer)
+UNKNOWN = "unknown"  # abuse tier/type when no abuse flags were given
+
+
+def output_columns(k: int = 3) -> list[str]:
+    """The scored file's columns, in order."""
+    return [
+        "line_id",
+        "order_id",
+        "customer_id",
+        "return_probability",
+        "risk_band",
+        "abuse_tier",
+        "abuse_type",
+        *(f"reason_{i}" for i in range(1, k + 1)),
+        "model_name",
+        "model_version",
+        "scored_at",
+    ]
+
+
+REJECT_COLUMNS = ["table", "row", "key", "rule", "column", "rules", "record"]
+
+
+class ScoringError(ValueError):
+    """A problem with the whole run (missing table, unreadable file, unusable model): exit code 2."""
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """params.yaml `score:` (the scoring-run part)."""
+
+    chunk_lines: int = 500_000
+    reasons: int = 3
+    medium_share: float = 0.5
+
+    @classmethod
+    def from_params(cls, section: Mapping[str, Any] | None) -> ScoreSettings:
+        s = dict(section or {})
+        out = cls(
+            chunk_lines=int(s.get("chunk_lines", cls.chunk_lines)),
+            reasons=int(s.get("reasons", cls.reasons)),
+            medium_share=float(s.get("medium_share", cls.medium_share)),
+        )
+        if out.chunk_lines < 1 or out.reasons < 0 or not 0 < out.medium_share <= 1:
+            raise ValueError(
+                f"params.yaml score: chunk_lines >= 1, reasons >= 0 and 0 < medium_share <= 1 (got {out})"
+            )
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- pure logic
+def risk_bands(p: np.ndarray, threshold: float, medium_share: float = 0.5) -> np.ndarray:
+    """high: p >= the cost-based threshold (intervening pays); medium: p >= medium_share x threshold; else low."""
+    p = np.asarray(p, dtype=np.float64)
+    code = (p >= medium_share * threshold).astype(np.int8) + (p >= threshold).astype(np.int8)
+    return np.asarray(RISK_BANDS, dtype=object)[code]
+
+
+def hold_back_last_order(chunk: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split a lines chunk into (complete orders, the trailing run of lines of its last order)."""
+    if len(chunk) == 0 or "order_id" not in chunk.columns:
+        return chunk, chunk.iloc[:0]
+    ids = chunk["order_id"].astype("string").to_numpy(dtype=object, na_value=None)
+    last = ids[-1]
+    i = len(ids) - 1
+    while i > 0 and ids[i - 1] == last:
+        i -= 1
+    return chunk.iloc[:i], chunk.iloc[i:]
+
+
+def whole_order_chunks(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(row offset in the file, chunk) with every order's lines in one chunk (lines of an order contiguous).
+
+    The trailing order of a chunk moves to the next chunk; the last chunk is yielded whole.
+    """
+    carry: pd.DataFrame | None = None
+    offset = 0
+    it = iter(chunks)
+    current = next(it, None)
+    while current is not None:
+        following = next(it, None)
+        chunk = current if carry is None or not len(carry) else pd.concat([carry, current], ignore_index=True)
+        chunk = chunk.reset_index(drop=True)
+        if following is None:
+            head, carry = chunk, None
+        else:
+            head, carry = hold_back_last_order(chunk)
+        if len(head) or following is None:
+            yield offset, head.reset_index(drop=True)
+            offset += len(head)
+        current = following
+
+
+def cut_sample(
+    tables: Mapping[str, pd.DataFrame], start: pd.Timestamp, end: pd.Timestamp
+) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame]]:
+    """Split validated tables into (history as known at `end`, export of the orders placed in [start, end)).
+
+    The export holds those orders and their lines, plus the customers and products that first appear in it
+    (no earlier order / line): "new" ones. The history holds everything else recorded before `end`: earlier
+    orders and lines (deliveries after `end` unknown), returns and reviews recorded before `end` (returns of
+    export lines included: they are known at `end` and only count for orders placed after them).
+    """
+    orders, lines = tables["orders"], tables["order_lines"]
+    in_window = ((orders["order_ts"] >= start) & (orders["order_ts"] < end)).to_numpy()
+    before = (orders["order_ts"] < start).to_numpy()
+    exp_orders = orders.loc[in_window].copy()
+    if "delivered_ts" in exp_orders:
+        exp_orders.loc[exp_orders["delivered_ts"] >= end, "delivered_ts"] = pd.NaT
+    exp_lines = lines.loc[lines["order_id"].isin(exp_orders["order_id"]).to_numpy()]
+    hist_orders = orders.loc[before].copy()
+    if "delivered_ts" in hist_orders:
+        hist_orders.loc[hist_orders["delivered_ts"] >= end, "delivered_ts"] = pd.NaT
+    hist_lines = lines.loc[lines["order_id"].isin(hist_orders["order_id"]).to_numpy()]
+
+    history: dict[str, pd.DataFrame] = {"orders": hist_orders, "order_lines": hist_lines}
+    export: dict[str, pd.DataFrame] = {"orders": exp_orders, "order_lines": exp_lines}
+    seen_customers = hist_orders["customer_id"].unique()
+    customers = tables["customers"]
+    new_c = customers["customer_id"].isin(exp_orders["customer_id"]) & ~customers["customer_id"].isin(
+        seen_customers
+    )
+    export["customers"], history["customers"] = customers.loc[new_c], customers.loc[~new_c]
+    products = tables["products"]
+    new_p = products["product_id"].isin(exp_lines["product_id"]) & ~products["product_id"].isin(
+        hist_lines["product_id"]
+    )
+    export["products"], history["products"] = products.loc[new_p], products.loc[~new_p]
+    known_lines = pd.concat([hist_lines["line_id"], exp_lines["line_id"]])
+    if tables.get("returns") is not None:
+        r = tables["returns"]
+        history["returns"] = r.loc[((r["return_ts"] < end) & r["line_id"].isin(known_lines)).to_numpy()]
+    if tables.get("reviews") is not None:
+        rv = tables["reviews"]
+        history["reviews"] = rv.loc[(rv["review_ts"] < end).to_numpy()]
+    if tables.get("warehouses") is not None:
+        history["warehouses"] = tables["warehouses"]
+    return (
+        {k: v.reset_index(drop=True) for k, v in history.items()},
+        {k: v.reset_index(drop=True) for k, v in export.items()},
+    )
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_tables(folder: Path) -> dict[str, pd.DataFrame]:
+    """Every contract table in a folder (Parquet or CSV), as stored (the validated history)."""
+    from pipeline.io import find_table_file, read_any
+
+    out: dict[str, pd.DataFrame] = {}
+    for name in TABLES:
+        f = find_table_file(folder, name)
+        if f is not None:
+            out[name] = read_any(f)
+    return out
+
+
+def _empty_raw(table: str) -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="str") for c in TABLES[table].required_columns})
+
+
+def export_files(export: Path) -> dict[str, Path]:
+    """The export's table files: a folder holding orders + order_lines (.parquet or .csv), maybe customers/products."""
+    from pipeline.io import find_table_file, table_files
+
+    export = Path(export)
+    if not export.is_dir():
+        raise ScoringError(f"{export}: not a folder; an export is a folder with orders and order_lines files")
+    files: dict[str, Path] = {}
+    for name in EXPORT_TABLES:
+        f = find_table_file(export, name)
+        if f is not None:
+            files[name] = f
+        elif name in REQUIRED_EXPORT:
+            found = ", ".join(p.name for p in table_files(export, name)) or "nothing"
+            raise ScoringError(
+                f"{export}: no {name}.parquet or {name}.csv (found {found}); rule: an export holds orders and order_lines"
+            )
+    return files
+
+
+def _read_whole(path: Path, table: str, notes: list[str]) -> pd.DataFrame:
+    from pipeline.io import TableFileError, read_raw_table
+
+    if path.stat().st_size == 0:
+        notes.append(f"{path}: 0 bytes, read as an empty {table} table")
+        return _empty_raw(table)
+    try:
+        return read_raw_table(path)
+    except TableFileError as exc:
+        raise ScoringError(str(exc)) from exc
+
+
+def iter_raw_lines(path: Path, chunk_lines: int, notes: list[str]) -> Iterator[pd.DataFrame]:
+    """order_lines in chunks of about `chunk_lines` rows, read like `read_raw_table` (CSV as text)."""
+    path = Path(path)
+    if path.stat().st_size == 0:
+        notes.append(f"{path}: 0 bytes, read as an empty order_lines table")
+        yield _empty_raw("order_lines")
+        return
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(path)
+            if pf.metadata.num_rows == 0:
+                yield pf.schema_arrow.empty_table().to_pandas()
+                return
+            for batch in pf.iter_batches(batch_size=chunk_lines):
+                yield batch.to_pandas()
+            return
+        reader = pd.read_csv(
+            path, dtype=str, keep_default_na=False, na_values=[""], encoding="utf-8", chunksize=chunk_lines
+        )
+        empty = True
+        for chunk in reader:
+            empty = False
+            yield chunk
+        if empty:  # header only
+            yield pd.read_csv(path, dtype=str, nrows=0)
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        raise ScoringError(
+            f"{path}: not a readable {path.suffix[1:]} file ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def n_lines_hint(path: Path) -> int | None:
+    """Rows of a Parquet file from its footer (progress total); None for CSV."""
+    if Path(path).suffix.lower() == ".parquet" and Path(path).stat().st_size > 0:
+        import pyarrow.parquet as pq
+
+        return int(pq.ParquetFile(path).metadata.num_rows)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- writing
+class StreamWriter:
+    """Writes frames of a fixed schema into a hidden temporary file; `commit` renames it over the target.
+
+    CSV (formula-escaped, header always written) or Parquet by the target's suffix. Without `commit`
+    (an error, a kill) the target is untouched; `abort` removes the temporary file.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        import os
+        import tempfile
+
+        self.path = Path(path)
+        self.schema = schema
+        self.suffix = self.path.suffix.lower()
+        if self.suffix not in (".csv", ".parquet"):
+            raise ScoringError(f"{self.path}: output must end in .csv or .parquet")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        self.rows = 0
+        self._pq = None
+        if self.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            self._pq = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        else:
+            with open(self.tmp, "w", encoding="utf-8", newline="") as fh:
+                fh.write(",".join(schema.names) + "\n")
+
+    def write(self, df: pd.DataFrame) -> None:
+        if len(df) == 0:
+            return
+        self.rows += len(df)
+        if self._pq is not None:
+            self._pq.write_table(
+                pa.Table.from_pandas(df[self.schema.names], schema=self.schema, preserve_index=False)
+            )
+        else:
+            from pipeline.io import escape_formulas
+
+            with open(self.tmp, "a", encoding="utf-8", newline="") as fh:
+                escape_formulas(df[self.schema.names]).to_csv(fh, header=False, index=False)
+
+    def commit(self) -> Path:
+        import os
+
+        if self._pq is not None:
+            self._pq.close()
+            self._pq = None
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._pq is not None:
+            with contextlib.suppress(Exception):  # best effort while failing anyway
+                self._pq.close()
+            self._pq = None
+        self.tmp.unlink(missing_ok=True)
+
+
+def rejects_path(output: Path) -> Path:
+    """Rejects beside the output: scored.parquet -> scored.rejects.parquet."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}.rejects{output.suffix}")
+
+
+def _id_type(kind: str) -> pa.DataType:
+    return pa.int64() if kind == "int" else pa.string()
+
+
+def output_schema(id_kind: str, k: int = 3) -> pa.Schema:
+    idt = _id_type(id_kind)
+    fields = [("line_id", idt), ("order_id", idt), ("customer_id", idt), ("return_probability", pa.float64())]
+    fields += [(c, pa.string()) for c in ("risk_band", "abuse_tier", "abuse_type")]
+    fields += [(f"reason_{i}", pa.string()) for i in range(1, k + 1)]
+    fields += [("model_name", pa.string()), ("model_version", pa.string()), ("scored_at", pa.timestamp("us"))]
+    return pa.schema(fields)
+
+
+REJECT_SCHEMA = pa.schema(
+    [
+        ("table", pa.string()),
+        ("row", pa.int64()),
+        ("key", pa.string()),
+        ("rule", pa.string()),
+        ("column", pa.string()),
+        ("rules", pa.string()),
+        ("record", pa.string()),
+    ]
+)
+
+
+def reject_frame(table: str, rejects: pd.DataFrame, row_of: np.ndarray | None = None) -> pd.DataFrame:
+    """validate_tables rejects -> the rejects file's rows (file row number, key, rule, the record as JSON)."""
+    if len(rejects) == 0:
+        return pd.DataFrame({c: [] for c in REJECT_COLUMNS})
+    key = TABLES[table].key
+    pos = rejects["_row"].to_numpy(dtype=np.int64) - 1
+    rows = (row_of[pos] if row_of is not None else pos) + 1
+    data = rejects.drop(columns=["_row", "_rule", "_column", "_rules"], errors="ignore")
+    records = [
+        json.dumps(
+            {k: (None if pd.isna(v) else str(v)) for k, v in rec.items()}, ensure_ascii=False, sort_keys=True
+        )
+        for rec in data.to_dict(orient="records")
+    ]
+    keys = data[key].astype("string") if key in data else pd.Series([None] * len(data), dtype="string")
+    return pd.DataFrame(
+        {
+            "table": table,
+            "row": rows,
+            "key": keys.to_numpy(dtype=object, na_value=None),
+            "rule": rejects["_rule"].astype(str).to_numpy(),
+            "column": rejects["_column"].astype("string").to_numpy(dtype=object, na_value=None),
+            "rules": rejects["_rules"]
+            .map(lambda r: "; ".join(r) if isinstance(r, list | tuple | np.ndarray) else str(r))
+            .to_numpy(),
+            "record": records,
+        }
+    )
+
+
+# ---------------------------------------------------------------------------------------------- the run
+@dataclass
+class ScoreResult:
+    output: Path
+    rejects: Path
+    scored: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    chunks: int = 0
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    model_name: str = ""
+    model_version: str = ""
+    mean_probability: float | None = None
+    bands: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def n_rejected(self) -> int:
+        return int(sum(self.rejected.values()))
+
+    def summary_line(self) -> str:
+        by = ", ".join(f"{t} {n}" for t, n in self.rejected.items() if n) or "none"
+        return (
+            f"scored {self.scored} lines, rejected {self.n_rejected} rows ({by}) in {self.chunks} chunk(s) "
+            f"with {self.model_name} {self.model_version} -> {self.output}"
+            + (f"; rejects -> {self.rejects}" if self.n_rejected else "")
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "output": str(self.output),
+            "rejects_file": str(self.rejects),
+            "scored": self.scored,
+            "rejected": self.n_rejected,
+            "rejected_by_table": self.rejected,
+            "chunks": self.chunks,
+            "notes": self.notes,
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "mean_probability": self.mean_probability,
+            "risk_bands": self.bands,
+        }
+
+
+@dataclass
+class Abuse:
+    """customer_id -> (abuse tier, abuse type) from the flag stage's customer_scores.parquet."""
+
+    index: pd.Index | None
+    tier: np.ndarray
+    kind: np.ndarray
+
+    @classmethod
+    def load(cls, path: Path | None) -> Abuse:
+        if path is None:
+            return cls(None, np.array([]), np.array([]))
+        p = Path(path)
+        f = p / "customer_scores.parquet" if p.is_dir() else p
+        if not f.is_file():
+            raise ScoringError(f"{f}: abuse flags not found (run the flag stage, or pass --no-flags)")
+        df = pd.read_parquet(f, columns=["customer_id", "tier", "abuse_type"])
+        return cls(
+            pd.Index(df["customer_id"]),
+            df["tier"].astype(str).to_numpy(dtype=object),
+            df["abuse_type"].astype(str).to_numpy(dtype=object),
+        )
+
+    def lookup(self, customer_id: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+        n = len(customer_id)
+        if self.index is None:
+            return np.full(n, UNKNOWN, dtype=object), np.full(n, UNKNOWN, dtype=object)
+        pos = self.index.get_indexer(customer_id)
+        found = pos >= 0
+        tier = np.where(found, self.tier[np.maximum(pos, 0)] if len(self.tier) else NO_FLAG, NO_FLAG)
+        kind = np.where(found, self.kind[np.maximum(pos, 0)] if len(self.kind) else NO_FLAG, NO_FLAG)
+        return tier.astype(object), kind.astype(object)
+
+
+def _context(
+    feats: pd.DataFrame, lines: pd.DataFrame, tables: Mapping[str, pd.DataFrame | None]
+) -> pd.DataFrame:
+    """Sentence context for reasons (size label, size type, countries): never model features."""
+    out = feats.copy()
+    if "size" in lines:
+        out["size"] = lines["size"].astype("string").to_numpy()
+    products = tables.get("products")
+    if products is not None and "size_type" in products:
+        m = products.drop_duplicates("product_id", keep="last").set_index("product_id")["size_type"]
+        out["size_type"] = m.reindex(out["product_id"]).astype("string").to_numpy()
+    orders = tables.get("orders")
+    if orders is not None and "ship_country" in orders:
+        o = orders.set_index("order_id")
+        out["ship_country"] = o["ship_country"].reindex(out["order_id"]).astype("string").to_numpy()
+        wh = tables.get("warehouses")
+        if wh is not None and "warehouse_id" in o and "country" in wh:
+            w = wh.set_index("warehouse_id")["country"]
+            out["warehouse_country"] = (
+                w.reindex(o["warehouse_id"].reindex(out["order_id"])).astype("string").to_numpy()
+            )
+    return out
+
+
+def _concat(*frames: pd.DataFrame | None) -> pd.DataFrame | None:
+    parts = [f for f in frames if f is not None and len(f.columns)]
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
+def score_export(
+    export: Path,
+    history: Mapping[str, pd.DataFrame],
+    model: Any,
+    output: Path,
+    *,
+    abuse: Abuse | None = None,
+    settings: ScoreSettings | None = None,
+    params: Mapping[str, Any] | None = None,
+    model_name: str = "returnrisk",
+    model_version: str = "unknown",
+    scored_at: pd.Timestamp | None = None,
+    as_of: pd.Timestamp | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ScoreResult:
+    """Validate, featurize, predict and explain every order line of `export`; write output + rejects atomically.
+
+    `history`: the validated tables (features' events, foreign-key targets). `params`: the whole params dict
+    (its `validate`, `featurize` and `labels` sections are used). `as_of`: orders dated later are rejected
+    (default: scored_at). Raises ScoringError / ContractError on table-level problems (nothing written).
+    """
+    from features.build import build_features_for_batch
+    from models.explain import explain_lines
+    from pipeline.validation import validate_tables
+
+    settings = settings or ScoreSettings()
+    params = dict(params or {})
+    abuse = abuse or Abuse(None, np.array([]), np.array([]))
+    scored_at = pd.Timestamp(scored_at) if scored_at is not None else pd.Timestamp.now(tz="UTC").floor("s")
+    if scored_at.tzinfo is not None:
+        scored_at = scored_at.tz_convert("UTC").tz_localize(None)
+    as_of = pd.Timestamp(as_of) if as_of is not None else scored_at
+    vparams = dict(params.get("validate") or {})
+    fparams = {"featurize": dict(params.get("featurize") or {}), "labels": dict(params.get("labels") or {})}
+    k = settings.reasons
+    threshold = getattr(model, "threshold", None)
+    if threshold is None:
+        raise ScoringError("the model has no decision threshold (model.json 'threshold'); retrain it")
+
+    timings: dict[str, float] = {}
+
+    def tick(name: str, t0: float) -> None:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+    files = export_files(Path(export))
+    result = ScoreResult(
+        Path(output), rejects_path(Path(output)), model_name=model_name, model_version=model_version
+    )
+    notes = result.notes
+    hist = {name: history[name] for name in TABLES if history.get(name) is not None}
+    for name in ("customers", "products", "orders", "order_lines"):
+        if name not in hist:
+            raise ScoringError(
+                f"history: table {name!r} missing (score against the validated tables of a repro)"
+            )
+    id_kind = "int" if pd.api.types.is_integer_dtype(hist["order_lines"]["line_id"]) else "str"
+    vparams.setdefault("id_type", id_kind)
+
+    t0 = time.perf_counter()
+    raw_small = {
+        name: _read_whole(files[name], name, notes)
+        for name in ("customers", "products", "orders")
+        if name in files
+    }
+    tick("read_s", t0)
+
+    out = StreamWriter(Path(output), output_schema(id_kind, k))
+    rej = StreamWriter(rejects_path(Path(output)), REJECT_SCHEMA)
+    try:
+        # new customers / products: validated once; rows of keys the history already has are left out
+        t0 = time.perf_counter()
+        ref = dict(hist)
+        for name in ("customers", "products"):
+            raw = raw_small.get(name)
+            if raw is None or len(raw) == 0:
+                continue
+            key = TABLES[name].key
+            r = validate_tables(
+                {name: raw},
+                None,
+                vparams,
+                reference={n: v for n, v in hist.items() if n != name},
+                sources={name: str(files[name])},
+            )
+            rej.write(reject_frame(name, r.rejects[name]))
+            result.rejected[name] = len(r.rejects[name])
+            clean = r.clean[name]
+            known = clean[key].isin(hist[name][key]).to_numpy()
+            if known.any():
+                notes.append(f"{name}: {int(known.sum())} rows already in the history (history version used)")
+            new = clean.loc[~known]
+            if len(new):
+                ref[name] = pd.concat([hist[name], new], ignore_index=True)
+        orders_raw = raw_small["orders"].reset_index(drop=True)
+        if "order_id" not in orders_raw.columns:
+            raise ScoringError(
+                f"{files['orders']}: column 'order_id' is missing; rule: required column of orders"
+            )
+        order_key = orders_raw["order_id"].astype("string")
+        tick("validate_s", t0)
+
+        done_orders: list[pd.DataFrame] = []
+        done_lines: list[pd.DataFrame] = []
+        result.rejected.setdefault("orders", 0)
+        result.rejected.setdefault("order_lines", 0)
+        used_orders = np.zeros(len(orders_raw), dtype=bool)
+        sum_p = 0.0
+        band_counts = dict.fromkeys(RISK_BANDS, 0)
+        t0 = time.perf_counter()
+        for offset, lines_raw in whole_order_chunks(
+            iter_raw_lines(files["order_lines"], settings.chunk_lines, notes)
+        ):
+            tick("read_s", t0)
+            t0 = time.perf_counter()
+            result.chunks += 1
+            if "order_id" not in lines_raw.columns:
+                raise ScoringError(
+                    f"{files['order_lines']}: column 'order_id' is missing; rule: required column of order_lines"
+                )
+            want = order_key.isin(pd.unique(lines_raw["order_id"].astype("string"))).to_numpy() & ~used_orders
+            used_orders |= want
+            order_rows = np.flatnonzero(want)
+            chunk_ref = dict(ref)
+            if done_orders:
+                chunk_ref["orders"] = pd.concat([ref["orders"], *done_orders], ignore_index=True)
+                chunk_ref["order_lines"] = pd.concat([ref["order_lines"], *done_lines], ignore_index=True)
+            v = validate_tables(
+                {"orders": orders_raw.iloc[order_rows].reset_index(drop=True), "order_lines": lines_raw},
+                {"cutoff": as_of.isoformat()},
+                vparams,
+                reference=chunk_ref,
+                allow_unknown=("orders.customer_id",),
+                sources={"orders": str(files["orders"]), "order_lines": str(files["order_lines"])},
+            )
+            orders, lines = v.clean["orders"], v.clean["order_lines"]
+            # a line must belong to an order of this chunk (not a history order, not one already scored)
+            foreign = ~lines["order_id"].isin(orders["order_id"]).to_numpy()
+            line_rejects = [
+                reject_frame("order_lines", v.rejects["order_lines"], np.arange(len(lines_raw)) + offset)
+            ]
+            if foreign.any():
+                bad = lines.loc[foreign]
+                line_rejects.append(
+                    pd.DataFrame(
+                        {
+                            "table": "order_lines",
+                            "row": -1,
+                            "key": bad["line_id"].astype("string").to_numpy(dtype=object),
+                            "rule": "order_lines.order_id is an order of this export (an order's lines contiguous)",
+                            "column": "order_id",
+                            "rules": "order_lines.order_id is an order of this export",
+                            "record": [
+                                json.dumps(
+                                    {c: (None if pd.isna(x) else str(x)) for c, x in r.items()},
+                                    sort_keys=True,
+                                )
+                                for r in bad.to_dict(orient="records")
+                            ],
+                        }
+                    )
+                )
+                lines = lines.loc[~foreign].reset_index(drop=True)
+            rej.write(reject_frame("orders", v.rejects["orders"], order_rows))
+            for f in line_rejects:
+                rej.write(f)
+            result.rejected["orders"] += len(v.rejects["orders"])
+            result.rejected["order_lines"] += sum(len(f) for f in line_rejects)
+            tick("validate_s", t0)
+            if len(lines) == 0:
+                if progress is not None:
+                    progress(len(lines_raw))
+                t0 = time.perf_counter()
+                continue
+
+            t0 = time.perf_counter()
+            orders_used = orders.loc[orders["order_id"].isin(lines["order_id"]).to_numpy()].reset_index(
+                drop=True
+            )
+            feat_hist = dict(ref)
+            feat_hist["orders"] = _concat(ref["orders"], *done_orders)
+            feat_hist["order_lines"] = _concat(ref["order_lines"], *done_lines)
+            feats = build_features_for_batch(
+                feat_hist, {"orders": orders_used, "order_lines": lines}, params=fparams
+            )
+            pos = pd.Index(feats["line_id"]).get_indexer(lines["line_id"])
+            if (pos < 0).any():  # cannot happen: every valid line has its order and product
+                raise RuntimeError(
+                    f"features missing for line {lines['line_id'].iloc[int(np.argmax(pos < 0))]!r}"
+                )
+            feats = feats.iloc[pos].reset_index(drop=True)
+            tick("features_s", t0)
+
+            t0 = time.perf_counter()
+            p = model.predict_proba(feats)
+            bands = risk_bands(p, float(threshold), settings.medium_share)
+            tier, kind = abuse.lookup(feats["customer_id"])
+            tick("predict_s", t0)
+            frame = pd.DataFrame(
+                {
+                    "line_id": feats["line_id"].to_numpy(),
+                    "order_id": feats["order_id"].to_numpy(),
+                    "customer_id": feats["customer_id"].to_numpy(),
+                    "return_probability": p,
+                    "risk_band": bands,
+                    "abuse_tier": tier,
+                    "abuse_type": kind,
+                }
+            )
+            if k:
+                t0 = time.perf_counter()
+                ctx = _context(
+                    feats,
+                    lines,
+                    {
+                        "products": ref["products"],
+                        "orders": orders_used,
+                        "warehouses": hist.get("warehouses"),
+                    },
+                )
+                reasons = explain_lines(model, ctx, k=k)
+                for i in range(1, k + 1):
+                    frame[f"reason_{i}"] = reasons[f"reason_{i}"].to_numpy()
+                tick("reasons_s", t0)
+            frame["model_name"] = model_name
+            frame["model_version"] = model_version
+            frame["scored_at"] = pd.Series([scored_at] * len(frame), dtype="datetime64[us]")
+            t0 = time.perf_counter()
+            out.write(frame)
+            tick("write_s", t0)
+            result.scored += len(frame)
+            sum_p += float(p.sum())
+            for b, n in zip(*np.unique(bands, return_counts=True), strict=True):
+                band_counts[str(b)] += int(n)
+            done_orders.append(orders_used)
+            done_lines.append(lines)
+            if progress is not None:
+                progress(len(lines_raw))
+            t0 = time.perf_counter()
+        unused = int((~used_orders).sum())
+        if unused:
+            notes.append(f"orders: {unused} orders without any line in order_lines (nothing to score)")
+        t0 = time.perf_counter()
+        out.commit()
+        rej.commit()
+        tick("write_s", t0)
+    except BaseException:
+        out.abort()
+        rej.abort()
+        raise
+    result.mean_probability = sum_p / result.scored if result.scored else None
+    result.bands = band_counts
+    result.timings = timings
+    return result
+
+
+def resolve_model(model_uri: str) -> tuple[Any, str, str]:
+    """(ReturnModel, name, version) from a registry URI (models:/NAME@ALIAS, models:/NAME/VERSION, runs:/...)
+    or a plain folder from `returnrisk export-model` / the train stage (version from run.json beside it)."""
+    from models.tracking import load_return_model
+
+    p = Path(model_uri)
+    is_folder = "://" not in model_uri and not model_uri.startswith("models:") and p.exists()
+    if not is_folder and "://" not in model_uri and not model_uri.startswith("models:"):
+        raise ScoringError(f"--model {model_uri}: no such folder, and not a models:/ or runs:/ URI")
+    if not is_folder:
+        from pipeline.config import configure_mlflow
+
+        configure_mlflow()
+    try:
+        model = load_return_model(model_uri)
+    except Exception as exc:  # noqa: BLE001 - any load failure is a usage error for the caller
+        raise ScoringError(f"--model {model_uri}: cannot load ({type(exc).__name__}: {exc})") from exc
+    name = str(model.metadata.get("name", "returnrisk"))
+    version = str(model.metadata.get("version", "")) or "unregistered"
+    if is_folder:
+        for f in ("run.json", "source.json"):
+            rec = p / f
+            if rec.is_file():
+                v = json.loads(rec.read_text(encoding="utf-8")).get("model_version")
+                if v:
+                    version = str(v)
+                    break
+    elif model_uri.startswith("models:/"):
+        rest = model_uri[len("models:/") :]
+        if "@" in rest:
+            reg, alias = rest.split("@", 1)
+            from mlflow import MlflowClient
+
+            version = str(MlflowClient().get_model_version_by_alias(reg, alias).version)
+        elif "/" in rest:
+            version = rest.split("/", 1)[1]
+    return model, name, version
