@@ -1,0 +1,236 @@
+"""Product diagnostics: expectation without product history, cross-fitting, cell tests, BH, truth metrics."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binom
+
+from models import diagnostics as D
+
+P = D.DiagnoseParams(min_lines=20, alpha=0.05)
+
+
+# ---------------------------------------------------------------- which features the expectation uses
+def test_expectation_drops_every_product_history_feature_and_keeps_the_rest():
+    from features.registry import FEATURES
+    from models.train import specs_from_registry
+
+    specs = specs_from_registry()
+    kept = {s.name for s in D.expectation_specs(specs)}
+    dropped = {s.name for s in specs} - kept
+    # the product's own past: return rate, size tendency, review sentiment/ratings
+    assert {"product_return_rate", "product_resolved_lines", "product_size_tendency"} <= dropped
+    assert {f.name for f in FEATURES if f.family == "sentiment"} <= dropped
+    # basket facts about the same product in one order, customers, prices, category stay
+    assert {"same_product_sizes", "category", "unit_price", "cust_return_rate"} <= kept
+    assert all(D.is_product_history(n) for n in dropped)
+
+
+def test_expectation_specs_refuses_an_empty_list():
+    with pytest.raises(ValueError, match="product history"):
+        D.expectation_specs([SimpleNamespace(name="product_return_rate")])
+
+
+# ---------------------------------------------------------------- folds
+def test_product_folds_keep_a_product_together_and_are_seeded():
+    pid = pd.Series(np.repeat(np.arange(30), 5))
+    f = D.product_folds(pid, 3, seed=1)
+    assert (pd.Series(f).groupby(pid).nunique() == 1).all()
+    assert set(f) == {0, 1, 2} and np.bincount(f).tolist() == [50, 50, 50]
+    assert np.array_equal(f, D.product_folds(pid, 3, seed=1))
+    assert not np.array_equal(f, D.product_folds(pid, 3, seed=2))
+
+
+def test_product_folds_errors():
+    with pytest.raises(ValueError, match="missing"):
+        D.product_folds(pd.Series([1.0, None, 2.0]), 2, 0)
+    with pytest.raises(ValueError, match="cannot be split"):
+        D.product_folds(pd.Series([1, 1, 2]), 3, 0)
+
+
+# ---------------------------------------------------------------- Benjamini-Hochberg
+def test_benjamini_hochberg_matches_hand_computation():
+    p = np.array([0.01, 0.04, 0.03, 0.20, np.nan])
+    q = D.benjamini_hochberg(p)
+    # m = 4: sorted 0.01, 0.03, 0.04, 0.20 -> 0.04, 0.06, 0.0533, 0.20 -> step-up min from the top
+    assert q[0] == pytest.approx(0.04)
+    assert q[2] == pytest.approx(0.16 / 3) and q[1] == pytest.approx(0.16 / 3)
+    assert q[3] == pytest.approx(0.20)
+    assert np.isnan(q[4])
+    assert (q[:4] >= p[:4]).all()
+
+
+def test_benjamini_hochberg_controls_false_discoveries_under_the_null():
+    rng = np.random.default_rng(0)
+    flagged = [(D.benjamini_hochberg(rng.random(200)) <= 0.05).sum() for _ in range(200)]
+    # all nulls: FDR = P(any flag) <= alpha
+    assert np.mean(np.array(flagged) > 0) <= 0.08
+
+
+# ---------------------------------------------------------------- cell tests
+def _lines() -> pd.DataFrame:
+    rows = []
+    # product 1: 40 lines expected 0.2, 20 returned (way above); sizes S/M
+    rows += [(1, "S" if i % 2 else "M", "red", int(i < 20), 0.2) for i in range(40)]
+    # product 2: 40 lines expected 0.2, 8 returned (as expected)
+    rows += [(2, "M", "blue", int(i < 8), 0.2) for i in range(40)]
+    # product 3: 10 lines, all returned but too few to test
+    rows += [(3, None, None, 1, 0.2) for _ in range(10)]
+    return pd.DataFrame(rows, columns=["product_id", "size", "color", "returned", "p_expected"])
+
+
+def test_cell_tests_counts_pvalue_and_flag():
+    cells = D.cell_tests(_lines(), ["product_id"], P).set_index("product_id")
+    assert cells.loc[1, "n_lines"] == 40 and cells.loc[1, "observed"] == 20
+    assert cells.loc[1, "expected"] == pytest.approx(8.0)
+    assert cells.loc[1, "ratio"] == pytest.approx(2.5)
+    # equal probabilities: the Poisson-binomial tail is the binomial tail P(X >= 20)
+    assert cells.loc[1, "pvalue"] == pytest.approx(binom.sf(19, 40, 0.2), rel=1e-9)
+    assert cells.loc[2, "pvalue"] == pytest.approx(binom.sf(7, 40, 0.2), rel=1e-9)
+    assert bool(cells.loc[1, "flagged"]) and not bool(cells.loc[2, "flagged"])
+    assert not bool(cells.loc[3, "tested"]) and np.isnan(cells.loc[3, "pvalue"])
+    assert not bool(cells.loc[3, "flagged"])
+
+
+def test_cell_tests_leave_out_lines_without_the_key():
+    cells = D.cell_tests(_lines(), ["product_id", "size"], P)
+    assert set(map(tuple, cells[["product_id", "size"]].to_numpy())) == {(1, "M"), (1, "S"), (2, "M")}
+    assert cells["n_lines"].sum() == 80
+
+
+def test_min_ratio_is_an_effect_size_floor():
+    strict = D.DiagnoseParams(min_lines=20, min_ratio=3.0)
+    assert not D.cell_tests(_lines(), ["product_id"], strict)["flagged"].any()
+
+
+def test_cell_tests_need_their_columns_and_expectations():
+    with pytest.raises(ValueError, match="p_expected"):
+        D.cell_tests(_lines().drop(columns="p_expected"), ["product_id"], P)
+    bad = _lines()
+    bad.loc[0, "p_expected"] = np.nan
+    with pytest.raises(ValueError, match="missing on some lines"):
+        D.cell_tests(bad, ["product_id"], P)
+
+
+def test_diagnose_cells_all_levels_and_skips_a_level_without_data():
+    cells = D.diagnose_cells(_lines(), P)
+    assert list(cells.columns) == D.CELL_COLUMNS
+    assert set(cells["level"]) == {"product", "product_size", "product_color"}
+    assert cells["flagged"].iloc[0]  # flagged first
+    no_sizes = _lines().assign(size=None)
+    assert "product_size" not in set(D.diagnose_cells(no_sizes, P)["level"])
+    fp = D.flagged_products(cells)
+    assert fp["product_id"].tolist() == [1]
+    assert fp.loc[0, "n_lines"] == 40
+
+
+def test_params_are_checked():
+    with pytest.raises(ValueError, match="alpha"):
+        D.DiagnoseParams(alpha=0)
+    with pytest.raises(ValueError, match="folds"):
+        D.DiagnoseParams(folds=1)
+    with pytest.raises(ValueError, match="levels"):
+        D.DiagnoseParams(levels=("brand",))
+    p = D.DiagnoseParams.from_params({"diagnose": {"alpha": 0.1, "window_days": 90, "model": {"a": 1}}})
+    assert p.alpha == 0.1 and p.window_days == 90 and p.model == {"a": 1}
+
+
+# ---------------------------------------------------------------- evaluation against the hidden truth
+def test_evaluate_against_truth_recall_and_false_discovery_share():
+    cells = pd.DataFrame(
+        {
+            "level": ["product"] * 4 + ["product_size"],
+            "product_id": [1, 2, 3, 4, 3],
+            "n_lines": [50, 50, 50, 5, 20],
+            "flagged": [True, True, False, False, True],
+        }
+    )
+    truth = pd.DataFrame(
+        {"product_id": [1, 2, 3, 4, 5], "size_bias": [-1, 0, 0, 1, 0], "quality": [0.9, 0.9, 0.2, 0.8, 0.9]}
+    )
+    m = D.evaluate_against_truth(cells, truth, quality_threshold=0.4, min_lines=30)
+    # abnormal: 1 (size), 3 (quality), 4 (size, untestable); flagged products: 1, 2, 3 (via a size cell)
+    assert m["n_abnormal"] == 3 and m["n_flagged_products"] == 3
+    assert m["recall"] == pytest.approx(2 / 3)
+    assert m["recall_testable"] == pytest.approx(1.0)
+    assert m["recall_size_bias"] == pytest.approx(0.5)
+    assert m["false_discovery_share"] == pytest.approx(1 / 3)
+    assert m["product.false_discovery_share"] == pytest.approx(0.5)
+    assert m["product_size.false_discovery_share"] == 0.0
+
+
+# ---------------------------------------------------------------- the cross-fitted expectation
+def _world(seed: int = 0, n_products: int = 60, per_product: int = 120):
+    """Returns depend on a line feature x and, for products 0-5, on a hidden product defect. The feature
+    product_return_rate leaks each product's true rate (as a product-history feature would)."""
+    rng = np.random.default_rng(seed)
+    pid = np.repeat(np.arange(n_products), per_product)
+    x = rng.normal(size=len(pid))
+    defect = np.isin(pid, np.arange(6))
+    logit = -1.3 + 0.8 * x + 1.4 * defect
+    y = (rng.random(len(pid)) < 1 / (1 + np.exp(-logit))).astype(np.int8)
+    rate = pd.Series(y).groupby(pid).transform("mean").to_numpy()
+    frame = pd.DataFrame({"product_id": pid, "x": x, "product_return_rate": rate, "returned": y})
+    return frame, defect
+
+
+SPECS = [SimpleNamespace(name="x", categorical=False, uses_customer_history=False),
+         SimpleNamespace(name="product_return_rate", categorical=False, uses_customer_history=False)]  # fmt: skip
+FAST = D.DiagnoseParams(
+    min_lines=30,
+    folds=3,
+    model={"num_boost_round": 60, "early_stopping_rounds": 10, "calibration": "platt",
+           "lgbm": {"learning_rate": 0.1, "num_leaves": 7, "min_data_in_leaf": 50, "num_threads": 1}},
+)  # fmt: skip
+
+
+def test_cross_fitted_expectation_finds_the_defective_products():
+    frame, defect = _world()
+    specs = D.expectation_specs(SPECS)
+    assert [s.name for s in specs] == ["x"]
+    usable = np.ones(len(frame), dtype=bool)
+    p = D.cross_fitted_expectation(frame, usable, specs, FAST, seed=3)
+    assert np.isfinite(p).all() and ((p > 0) & (p < 1)).all()
+    lines = frame.assign(p_expected=p)
+    cells = D.cell_tests(lines, ["product_id"], FAST).set_index("product_id")
+    flagged = set(cells.index[cells["flagged"]])
+    assert flagged >= {0, 1, 2, 3, 4, 5}  # a 0.25 -> 0.55 return rate on 120 lines each
+    assert len(flagged - set(range(6))) <= 1
+    # expected counts add up overall (calibrated), within a few percent
+    assert p.sum() == pytest.approx(frame["returned"].sum(), rel=0.08)
+
+
+def test_a_products_own_labels_never_move_its_expectation():
+    """Out-of-fold by product: flipping every label of one product leaves its expected probabilities as is."""
+    frame, _ = _world(seed=1)
+    specs = D.expectation_specs(SPECS)
+    usable = np.ones(len(frame), dtype=bool)
+    base = D.cross_fitted_expectation(frame, usable, specs, FAST, seed=3)
+    changed = frame.copy()
+    mine = (changed["product_id"] == 7).to_numpy()
+    changed.loc[mine, "returned"] = 1 - changed.loc[mine, "returned"]
+    again = D.cross_fitted_expectation(changed, usable, specs, FAST, seed=3)
+    np.testing.assert_allclose(again[mine], base[mine], rtol=0, atol=1e-12)
+    assert not np.allclose(again[~mine], base[~mine])  # other folds did learn from those labels
+
+
+def test_unusable_lines_get_no_expectation():
+    frame, _ = _world(seed=2, n_products=30)
+    usable = (np.arange(len(frame)) % 4) != 0
+    p = D.cross_fitted_expectation(frame, usable, D.expectation_specs(SPECS), FAST, seed=3)
+    assert np.isnan(p[~usable]).all() and np.isfinite(p[usable]).all()
+    with pytest.raises(ValueError, match="no line"):
+        D.cross_fitted_expectation(frame, np.zeros(len(frame), bool), SPECS, FAST, seed=3)
+
+
+def test_product_history_would_explain_the_defect_away():
+    """Why the expectation leaves product history out: with it, the defective products look normal."""
+    frame, _ = _world()
+    usable = np.ones(len(frame), dtype=bool)
+    leaky = D.cross_fitted_expectation(frame, usable, SPECS, FAST, seed=3)
+    cells = D.cell_tests(frame.assign(p_expected=leaky), ["product_id"], FAST).set_index("product_id")
+    assert cells.loc[list(range(6)), "flagged"].sum() <= 2
