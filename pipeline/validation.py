@@ -142,8 +142,7 @@ def _parse_id(s: pd.Series, kind: str, ctx: _ColumnContext) -> pd.Series:
             return s if s.dtype == np.int64 or s.isna().any() else s.astype(np.int64)
         text = _as_text(s)
         ok = text.str.fullmatch(_INT_TEXT).fillna(False).astype(bool)
-        bad = s.notna().to_numpy() & ~ok.to_numpy()
-        ctx.fails.add(bad, f"{ctx.qual} is an integer id", ctx.col.name)
+        ctx.unparsed(s, s.notna().to_numpy() & ~ok.to_numpy(), "is an integer id")
         ctx.convert("text -> integer id")
         return text.where(ok).astype("Int64")
     if pd.api.types.is_integer_dtype(s):
@@ -163,9 +162,7 @@ def _parse_ts(s: pd.Series, ctx: _ColumnContext) -> pd.Series:
             ctx.source, ctx.col.name, s.dtype, "a timestamp column holds timestamps or ISO 8601 text"
         )
     parsed = pd.to_datetime(_as_text(s), format="ISO8601", errors="coerce", utc=True).dt.tz_localize(None)
-    ctx.fails.add(
-        s.notna().to_numpy() & parsed.isna().to_numpy(), f"{ctx.qual} is an ISO 8601 timestamp", ctx.col.name
-    )
+    ctx.unparsed(s, s.notna().to_numpy() & parsed.isna().to_numpy(), "is an ISO 8601 timestamp")
     return parsed
 
 
@@ -180,9 +177,7 @@ def _parse_number(s: pd.Series, ctx: _ColumnContext, integer: bool) -> pd.Series
         values = s.astype("float64")
     elif _is_text(s):
         values = pd.to_numeric(_as_text(s), errors="coerce").astype("float64")
-        ctx.fails.add(
-            s.notna().to_numpy() & values.isna().to_numpy(), f"{ctx.qual} is a number", ctx.col.name
-        )
+        ctx.unparsed(s, s.notna().to_numpy() & values.isna().to_numpy(), "is a number")
     else:
         raise _type_error(ctx.source, ctx.col.name, s.dtype, "a numeric column holds numbers or numeric text")
     finite = values.isna() | np.isfinite(values)
@@ -235,6 +230,18 @@ class _ColumnContext:
 
     def convert(self, what: str) -> None:
         self.conversions[self.col.name] = what
+
+    def unparsed(self, s: pd.Series, bad: np.ndarray, rule: str) -> None:
+        """Rows whose text does not parse are rejects; a column where no value parses (at least two
+        values) is the wrong kind of data altogether, a table-level error."""
+        n_bad = int(bad.sum())
+        if n_bad >= 2 and n_bad == int(s.notna().sum()):
+            pos = int(np.flatnonzero(bad)[0])
+            raise ContractError(
+                f"{self.source}: column {self.col.name!r}: none of its {n_bad:,} values parses "
+                f"(row {pos + 1}: {s.iloc[pos]!r}); rule: {self.qual} {rule}"
+            )
+        self.fails.add(bad, f"{self.qual} {rule}", self.col.name)
 
 
 def _empty_typed(col: Column, kind: str, n: int) -> pd.Series:

@@ -284,6 +284,38 @@ def test_csv_text_is_parsed_strictly(tmp_path):
     assert clean["unit_price"].dtype == np.float64 and clean["quantity"].dtype == np.int64
 
 
+def test_a_column_of_the_wrong_kind_is_a_table_level_error():
+    tables = mini_tables()
+    tables["orders"]["order_ts"] = tables["orders"]["order_ts"].astype("int64") // 10**6  # epoch numbers
+    with pytest.raises(
+        ContractError, match=r"orders table: column 'order_ts' has type int64; rule: a timestamp"
+    ):
+        validate_tables(tables, META)
+    tables = mini_tables()
+    tables["order_lines"]["unit_price"] = ["n/a"] * 6  # text where every value fails: not six rejects
+    with pytest.raises(ContractError, match=r"'unit_price': none of its 6 values parses \(row 1: 'n/a'\)"):
+        validate_tables(tables, META, sources={"order_lines": "raw/order_lines.csv"})
+
+
+def test_timezone_aware_timestamps_become_naive_utc():
+    tables = mini_tables()
+    tables["orders"]["order_ts"] = tables["orders"]["order_ts"].dt.tz_localize("Europe/Berlin")
+    res = validate_tables(tables, META)
+    assert res.n_rejected == 0
+    assert res.clean["orders"]["order_ts"].iloc[0] == pd.Timestamp("2024-02-01 09:00")
+    assert "naive UTC" in res.report["tables"]["orders"]["conversions"]["order_ts"]
+
+
+def test_empty_tables_are_valid(tmp_path):
+    tables = mini_tables()
+    tables["returns"] = tables["returns"].iloc[:0]
+    raw = write_mini(tmp_path / "raw", tables, fmt="csv")
+    res, out, report = run_validate(raw, tmp_path)
+    assert res.exit_code == 0, res.output
+    assert len(pd.read_parquet(out / "returns.parquet")) == 0
+    assert json.loads(report.read_text())["tables"]["returns"]["rows_in"] == 0
+
+
 def test_required_value_missing_and_fractional_quantity():
     tables = mini_tables()
     lines = tables["order_lines"].astype({"quantity": "float64"})

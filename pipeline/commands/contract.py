@@ -71,7 +71,7 @@ RULES = """\
 **Table-level problems stop the run** (exit code 2) with one message naming file, column and rule: a
 required table or column is missing; a file cannot be read (not Parquet/CSV, empty, corrupt); a table
 has two files (`.parquet` and `.csv`); a column holds the wrong kind of data throughout (e.g. numbers in a
-timestamp column); `meta.json` is missing or its `cutoff` is not a timestamp.
+timestamp column, or text of which no value parses); `meta.json` is missing or its `cutoff` is not a timestamp.
 
 **Row-level problems quarantine the row** to `VALIDATED_DIR/rejects/<table>.parquet` (and a
 formula-escaped `.csv` for spreadsheets) with the values as read, plus:
