@@ -206,6 +206,7 @@ FEATURE_NEEDS: tuple[FeatureNeeds, ...] = (
     FeatureNeeds("price.discount", ("order_lines.list_price",)),
     FeatureNeeds("shipping.delivery", ("orders.delivered_ts",)),
     FeatureNeeds("shipping.warehouse_distance", ("warehouses", "orders.warehouse_id")),
+    FeatureNeeds("shipping.warehouse_location", ("warehouses.lat", "warehouses.lon"), "country centroids"),
     FeatureNeeds("shipping.customer_distance", ("customers.lat", "customers.lon"), "country centroids"),
     FeatureNeeds("shipping.ship_distance", ("orders.ship_lat", "orders.ship_lon"), "country centroids"),
     FeatureNeeds("past_returns.tenure", ("customers.signup_ts",)),
