@@ -79,7 +79,9 @@ def register(app: typer.Typer) -> None:
             True, "--mlflow/--no-mlflow", help="Add metrics and plots to the train run."
         ),
     ) -> None:
-        """Measure the model and every baseline (training return rate, logistic regression, customer-blind
+        """Evaluate the model against its baselines on the test window (DVC metrics and plots).
+
+        Measures the model and every baseline (training return rate, logistic regression, customer-blind
         LightGBM, and on generated data the oracle) on the test window: ROC AUC, PR AUC, log loss, Brier,
         expected calibration error, lift at top 5/10 %; the cost-based threshold and its expected saving
         on test. Writes DVC metrics (flat keys like model.roc_auc) and plot data (ROC, PR, calibration,

@@ -52,7 +52,9 @@ def register(app: typer.Typer) -> None:
         ),
         out: Path = typer.Option(..., help="Folder to write booster.txt and model.json into (replaced)."),
     ) -> None:
-        """Export a registered model to a plain folder (LightGBM text booster + model.json with features,
+        """Export a registered model to a plain folder that scores without MLflow.
+
+        Writes a LightGBM text booster + model.json (features,
         categorical levels, calibration and threshold), so a checkout service can score without an MLflow
         server: `ReturnModel.load(folder).predict_proba(features_df)` or `returnrisk score --model folder`."""
         from rich.console import Console

@@ -140,7 +140,9 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(None, help="Output folder for the model; default paths.model."),
         mlflow: bool = typer.Option(True, "--mlflow/--no-mlflow", help="Log the run and register the model."),
     ) -> None:
-        """Train the return model out of time: LightGBM with early stopping on the validation window,
+        """Train the return model out of time, with its baselines, and register it in MLflow.
+
+        LightGBM with early stopping on the validation window,
         calibration fitted there, a customer-blind LightGBM and a logistic-regression baseline, a
         cost-based decision threshold; write the model, its predictions on validation and test, and the
         MLflow run id (run.json); register `returnrisk` and move the champion alias if it wins.
