@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -614,3 +616,51 @@ def test_generated_data_with_injected_faults(small_generated, tmp_path):
     )
     rej = pd.read_parquet(out / "rejects" / "returns.parquet")
     assert rej.loc[rej["_rule"] == "returns.return_ts >= orders.order_ts", "_row"].tolist() == [victim + 1]
+
+
+# --------------------------------------------------------------------------- invariants under random faults
+
+FAULTS = st.lists(
+    st.tuples(
+        st.sampled_from(["neg_price", "orphan_line", "dup_line", "future_return", "bad_channel", "zero_qty"]),
+        st.integers(0, 5),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=20, deadline=None)
+@given(faults=FAULTS)
+def test_quarantine_invariants_under_random_faults(faults):
+    """Whatever breaks: rows_in = rows_out + rejected per table, every reject names a rule, the clean
+    tables satisfy every foreign key, and no clean key repeats."""
+    tables = mini_tables()
+    lines, orders, returns = tables["order_lines"], tables["orders"], tables["returns"]
+    for kind, i in faults:
+        if kind == "neg_price":
+            lines.loc[i, "unit_price"] = -1.0
+        elif kind == "orphan_line":
+            lines.loc[i, "order_id"] = 5555
+        elif kind == "dup_line":
+            lines.loc[i, "line_id"] = lines.loc[(i + 1) % len(lines), "line_id"]
+        elif kind == "future_return":
+            returns.loc[i % len(returns), "return_ts"] = pd.Timestamp("2030-01-01")
+        elif kind == "bad_channel":
+            orders.loc[i % len(orders), "channel"] = "fax"
+        else:
+            lines.loc[i, "quantity"] = 0
+    res = validate_tables(tables, META)
+    for name, df in tables.items():
+        rep = res.report["tables"][name]
+        assert rep["rows_in"] == len(df) == rep["rows_out"] + rep["rejected"]
+        assert len(res.rejects[name]) == rep["rejected"] == sum(rep["rejected_by_rule"].values())
+        assert res.rejects[name]["_rule"].notna().all()
+        key = TABLES[name].key
+        if key:
+            assert not res.clean[name][key].duplicated().any()
+    clean = res.clean
+    assert clean["order_lines"]["order_id"].isin(clean["orders"]["order_id"]).all()
+    assert clean["returns"]["line_id"].isin(clean["order_lines"]["line_id"]).all()
+    assert clean["orders"]["customer_id"].isin(clean["customers"]["customer_id"]).all()
+    assert (clean["order_lines"]["unit_price"] >= 0).all() and (clean["order_lines"]["quantity"] >= 1).all()
+    assert (clean["returns"]["return_ts"] <= pd.Timestamp(CUTOFF)).all()
