@@ -443,6 +443,16 @@ def test_missing_optional_table_and_columns_disable_only_their_features(tmp_path
     assert said.count("sentiment.rating") == 1 and "disabled" in said
 
 
+def test_two_files_for_one_table_stop_and_unknown_files_are_listed(tmp_path):
+    raw = write_mini(tmp_path / "raw")
+    (raw / "notes.txt").write_text("export of 2024-06-30")
+    res, _, report = run_validate(raw, tmp_path)
+    assert res.exit_code == 0 and json.loads(report.read_text())["ignored_files"] == ["notes.txt"]
+    mini_tables()["orders"].to_csv(raw / "orders.csv", index=False)
+    res, _, _ = run_validate(raw, tmp_path)
+    assert res.exit_code == 2 and "rule: exactly one file per table" in " ".join(res.output.split())
+
+
 def test_missing_required_table_stops(tmp_path):
     raw = write_mini(tmp_path / "raw")
     (raw / "customers.parquet").unlink()
