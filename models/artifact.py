@@ -50,6 +50,7 @@ def encode_categorical(values: pd.Series, levels: Sequence[str]) -> np.ndarray:
         # map the (few) categories, then gather by code: fast on big frames
         cat_codes = values.cat.codes.to_numpy()
         per_category = index.get_indexer(values.cat.categories.astype("string").astype(object))
+        per_category = np.append(per_category, -1)  # code -1 (missing) also when there are no categories
         codes = np.where(cat_codes >= 0, per_category[cat_codes], -1).astype(np.float64)
     else:
         codes = index.get_indexer(as_level_strings(values).astype(object)).astype(np.float64)

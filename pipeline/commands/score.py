@@ -95,7 +95,11 @@ def register(app: typer.Typer) -> None:
         strict: bool = typer.Option(False, "--strict", help="Exit 1 if any row was rejected."),
         reasons: int = typer.Option(None, help="Reasons per line (default score.reasons; 0 = none, faster)."),
         chunk_lines: int = typer.Option(None, help="Order lines per chunk (default score.chunk_lines)."),
-        scored_at: str = typer.Option(None, help="Timestamp written as scored_at (default now, UTC)."),
+        scored_at: str = typer.Option(
+            None,
+            help="Timestamp written as scored_at: ISO, or 'cutoff' (the history's meta.json cutoff: "
+            "reproducible output). Default now, UTC.",
+        ),
         as_of: str = typer.Option(None, help="Orders dated after this are rejected (default scored_at)."),
         metrics: Path = typer.Option(None, help="Also write the run summary as JSON here."),
     ) -> None:
@@ -135,6 +139,10 @@ def register(app: typer.Typer) -> None:
             hist_dir = history or path_of("validated", params)
             if not Path(hist_dir).is_dir():
                 raise ScoringError(f"{hist_dir}: history folder not found (run dvc repro, or pass --history)")
+            if scored_at == "cutoff":
+                from pipeline.io import read_meta
+
+                scored_at = str(read_meta(hist_dir)["cutoff"])
             abuse = Abuse.load(None if no_flags else (flags or path_of("flags", params)))
             served, name, version = resolve_model(model)
             hist = read_tables(Path(hist_dir))
@@ -163,13 +171,13 @@ def register(app: typer.Typer) -> None:
                     progress=lambda n: bar.advance(task, n),
                 )
         except (ScoringError, ContractError, TableFileError, FileNotFoundError, ValueError) as exc:
-            console.print(f"[red]score: {exc}")
+            console.print(f"score: {exc}", soft_wrap=True, markup=False, style="red")
             raise typer.Exit(EXIT_USAGE) from exc
         for note in result.notes:
-            console.print(f"[yellow]note:[/yellow] {note}")
+            console.print(f"note: {note}", soft_wrap=True, markup=False, style="yellow")
         if metrics is not None:
             write_json(result.to_json(), metrics)
-        Console().print(result.summary_line())
+        Console().print(result.summary_line(), soft_wrap=True, markup=False)
         if strict and result.n_rejected:
             console.print(f"[red]--strict: {result.n_rejected} rejected rows (see {result.rejects})")
             raise typer.Exit(EXIT_REJECTS)
