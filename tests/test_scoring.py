@@ -351,3 +351,18 @@ def test_a_killed_run_leaves_no_partial_file(small_project, sample, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert not out.exists()  # the hidden temporary may remain; nothing that looks whole does
+
+
+def test_exported_model_folder_scores_like_the_registry_model(small_project, tmp_path, monkeypatch):
+    """`export-model` writes a folder that scores without MLflow and knows its registry name and version."""
+    from pipeline.commands.export_model import export_model
+    from pipeline.scoring import resolve_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", small_project.tracking_uri)
+    reg, reg_name, reg_version = resolve_model("models:/returnrisk@champion")
+    folder = export_model("models:/returnrisk@champion", tmp_path / "model")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///" + str(tmp_path / "nothing.db"))  # no registry now
+    served, name, version = resolve_model(str(folder))
+    assert (name, version) == (reg_name, reg_version) and version.isdigit()
+    frame = pd.read_parquet(small_project.path("features") / "features.parquet").tail(200)
+    np.testing.assert_array_equal(served.predict_proba(frame), reg.predict_proba(frame))

@@ -33,6 +33,7 @@ def export_model(model_uri: str, out: Path) -> Path:
             for name in (BOOSTER_FILE, MODEL_FILE):
                 shutil.copy2(src / name, target / name)
         ReturnModel.load(target)  # fails loudly on a broken download
+        _write_source(model_uri, target / "source.json")  # read by `returnrisk score` (model_version)
         old = None
         if out.exists():
             old = staging / "previous"
@@ -41,6 +42,24 @@ def export_model(model_uri: str, out: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _write_source(model_uri: str, path: Path) -> None:
+    """source.json: the URI exported and, for a registry URI, the model name and version it resolved to."""
+    from pipeline.io import write_json
+
+    rec: dict[str, str | None] = {"model_uri": model_uri, "model_name": None, "model_version": None}
+    if model_uri.startswith("models:/"):
+        from mlflow import MlflowClient
+
+        rest = model_uri[len("models:/") :]
+        name, _, ref = rest.partition("@") if "@" in rest else rest.partition("/")
+        rec["model_name"] = name
+        if "@" in rest:
+            rec["model_version"] = str(MlflowClient().get_model_version_by_alias(name, ref).version)
+        elif ref.isdigit():
+            rec["model_version"] = ref
+    write_json(rec, path)
 
 
 def register(app: typer.Typer) -> None:
