@@ -52,7 +52,7 @@ RUNNINGS = [Running("customer", "c_orders"), Running("customer", "c_first_order"
 EVENTS = [Events("customer", "FROM ord", "order_ts", {"c_orders": "1.0", "c_first_order": "order_ts"})]
 
 TENURE = (
-    f"greatest(0.0, {days_between('l.order_ts', 'coalesce(cu.signup_ts, cs.c_first_order, l.order_ts)')})"
+    f"greatest(0.0, {days_between('l.order_ts', 'coalesce(cu.signup_ts, s.c_first_order, l.order_ts)')})"
 )
 
 FEATURES = [
@@ -84,12 +84,12 @@ FEATURES = [
         True, TENURE,
     ),
     FeatureSpec(
-        "cust_prior_orders", FAMILY, "numeric", "Orders the customer placed before this one.", True, "cs.c_orders",
+        "cust_prior_orders", FAMILY, "numeric", "Orders the customer placed before this one.", True, "s.c_orders",
     ),
     FeatureSpec(
         "cust_orders_per_30d", FAMILY, "numeric",
         "Earlier orders per 30 days of tenure (tenure floored at 30 days).",
-        True, f"30.0 * cs.c_orders / greatest({TENURE}, 30.0)",
+        True, f"30.0 * s.c_orders / greatest({TENURE}, 30.0)",
     ),
     FeatureSpec(
         "channel", FAMILY, "categorical", "Sales channel of the order.", False, "o.channel",

@@ -7,8 +7,8 @@ deliveries, earlier orders) always come from everything given, and every feature
 strictly before its order's timestamp, so a batch order gets exactly the row it would get had it been
 in the history (tests/test_features_parity.py).
 
-Assembly aliases used by the feature expressions: `l` (ln: the line), `cs`, `cc`, `sz`, `ps` (customer,
-customer x category, customer x size type, product streams), `pop` (population rate of the order's day),
+Assembly aliases used by the feature expressions: `l` (ln: the line), `s` (sx: every stream's running
+columns for the line, plus the size family's derived columns), `pop` (population rate of the order's day),
 and the family tables (cm, sh, bo, bp, bc, o = the order, cu = the customer).
 """
 
@@ -32,9 +32,7 @@ KEYS = ("line_id", "order_id", "customer_id", "product_id", "order_ts")
 LABELS = ("returned", "label_mature")
 
 BASE_JOINS = [
-    "LEFT JOIN s_customer cs ON cs.order_id = l.order_id",
-    "LEFT JOIN s_customer_category cc ON cc.order_id = l.order_id AND cc.category = l.category",
-    "LEFT JOIN s_product ps ON ps.order_id = l.order_id AND ps.product_id = l.product_id",
+    "LEFT JOIN sx s ON s.qi = l.qi",
     "LEFT JOIN pop ON pop.d = date_trunc('day', l.order_ts)",
 ]
 
@@ -98,7 +96,7 @@ def assembly_sql(ctx: Context, cutoff: pd.Timestamp | None) -> str:
     joins = BASE_JOINS + [j for m in registry.FAMILY_MODULES for j in getattr(m, "JOINS", [])]
     return (
         f"SELECT {', '.join(cols)}\nFROM ln l\n" + "\n".join(joins)
-        + "\nWHERE l.is_target\nORDER BY l.order_ts, l.line_id"
+        + "\nWHERE l.is_target\nORDER BY l.qi"
     )
 
 

@@ -28,12 +28,12 @@ FEATURES = [
     FeatureSpec(
         "cust_category_lines", FAMILY, "numeric",
         "The customer's resolved earlier lines in this category.",
-        True, "cc.cc_res",
+        True, "s.cc_res",
     ),
     FeatureSpec(
         "cust_category_return_rate", FAMILY, "numeric",
         "The customer's earlier return rate in this category, shrunk towards their overall return rate.",
         True,
-        f"((cc.cc_ret + {{category_prior_weight}} * {CUSTOMER_RATE}) / (cc.cc_res + {{category_prior_weight}}))",
+        f"((s.cc_ret + {{category_prior_weight}} * {CUSTOMER_RATE}) / (s.cc_res + {{category_prior_weight}}))",
     ),
 ]

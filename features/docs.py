@@ -39,7 +39,7 @@ def render() -> str:
         "",
     ]
     for fam in FAMILIES:
-        module = next(m for m in registry.FAMILY_MODULES if m.FAMILY == fam)
+        module = next(m for m in registry.FAMILY_MODULES if fam == m.FAMILY)
         lines += [f"## {fam}", "", _first_paragraph(module.__doc__), "", f"Module: `{module.__name__}`.", ""]
         lines += ["| feature | kind | uses customer history | needs | definition |", "|---|---|---|---|---|"]
         for f in registry.FEATURES:

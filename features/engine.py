@@ -6,7 +6,8 @@ BENCHMARKS.md. Every family reads the base tables created here:
 
 - `t_<table>`: each contract table with explicit types; absent optional columns are typed NULLs and
   absent optional tables are empty, so family SQL never branches on the input.
-- `ln`: one row per order line joined to its order and product, with `size_rank` (ordinal position of
+- `ln`: one row per order line joined to its order and product, with `qi` (0..n-1 over the target
+  lines in (order_ts, line_id) order: the output row), `size_rank` (ordinal position of
   the size on its size type's scale), `first_return_ts` (earliest return recorded at or after the order),
   `window_end` (order_ts + return window) and `resolved_ts` (when the line's outcome became known:
   its first return, or the end of the return window, whichever is first).
@@ -217,7 +218,9 @@ def _base_tables(ctx: Context, target_expr: str) -> None:
     """)
     ctx.sql(f"""
         CREATE OR REPLACE TEMP TABLE ln AS
-        SELECT l.line_id, l.order_id, l.product_id, o.customer_id, o.order_ts, o.is_target,
+        SELECT CASE WHEN o.is_target THEN
+                   row_number() OVER (PARTITION BY o.is_target ORDER BY o.order_ts, l.line_id) - 1 END AS qi,
+               l.line_id, l.order_id, l.product_id, o.customer_id, o.order_ts, o.is_target,
                p.category, p.size_type, sc.size_rank, l.size, l.color,
                l.quantity, l.unit_price, l.list_price,
                fr.return_ts AS first_return_ts,
@@ -229,6 +232,7 @@ def _base_tables(ctx: Context, target_expr: str) -> None:
         LEFT JOIN size_scale sc ON sc.size_type = p.size_type AND sc.size = l.size
         LEFT JOIN (SELECT line_id, return_ts FROM ret WHERE is_first) fr ON fr.line_id = l.line_id
     """)
+    ctx.counts["target_lines"] = int(ctx.con.execute("SELECT count(*) FROM ln WHERE is_target").fetchone()[0])
     # Population return rate as of the start of each day (events dated strictly before that day),
     # shrunk towards the prior so that the first days are not 0/0.
     ctx.sql(f"""

@@ -17,7 +17,7 @@ from features.streams import Events, Running
 FAMILY = "past_returns"
 
 #: The customer's smoothed return rate; also the prior of the category family's per-category rate.
-CUSTOMER_RATE = "((cs.c_ret + {customer_prior_weight} * pop.rate) / (cs.c_res + {customer_prior_weight}))"
+CUSTOMER_RATE = "((s.c_ret + {customer_prior_weight} * pop.rate) / (s.c_res + {customer_prior_weight}))"
 
 RUNNINGS = [
     Running("customer", "c_res"),
@@ -48,12 +48,12 @@ FEATURES = [
     FeatureSpec(
         "cust_resolved_lines", FAMILY, "numeric",
         "Earlier lines of this customer whose outcome was known before the order (returned, or past the return window).",
-        True, "cs.c_res",
+        True, "s.c_res",
     ),
     FeatureSpec(
         "cust_returns", FAMILY, "numeric",
         "Earlier lines of this customer with a return recorded before the order.",
-        True, "cs.c_ret",
+        True, "s.c_ret",
     ),
     FeatureSpec(
         "cust_return_rate", FAMILY, "numeric",
@@ -63,21 +63,21 @@ FEATURES = [
     FeatureSpec(
         "cust_returned_value", FAMILY, "numeric",
         "Value (quantity x unit price) of the customer's returns recorded before the order.",
-        True, "cs.c_retval",
+        True, "s.c_retval",
     ),
     FeatureSpec(
         "cust_days_since_last_return", FAMILY, "numeric",
         "Days since the customer's latest return recorded before the order (empty if none).",
-        True, days_between("l.order_ts", "cs.c_last_ret"),
+        True, days_between("l.order_ts", "s.c_last_ret"),
     ),
     FeatureSpec(
         "product_resolved_lines", FAMILY, "numeric",
         "Earlier lines of this product (all customers) whose outcome was known before the order.",
-        False, "ps.p_res",
+        False, "s.p_res",
     ),
     FeatureSpec(
         "product_return_rate", FAMILY, "numeric",
         "The product's return rate so far, shrunk towards the population rate so new products are not extreme.",
-        False, "((ps.p_ret + {product_prior_weight} * pop.rate) / (ps.p_res + {product_prior_weight}))",
+        False, "((s.p_ret + {product_prior_weight} * pop.rate) / (s.p_res + {product_prior_weight}))",
     ),
 ]

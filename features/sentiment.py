@@ -118,27 +118,27 @@ _REVIEWS = ("reviews",)
 FEATURES = [
     FeatureSpec(
         "product_review_count", FAMILY, "numeric",
-        "Reviews of the product posted before the order.", False, "ps.p_rev", requires=_REVIEWS,
+        "Reviews of the product posted before the order.", False, "s.p_rev", requires=_REVIEWS,
     ),
     FeatureSpec(
         "product_sentiment_mean", FAMILY, "numeric",
         "Mean VADER compound sentiment (-1..1) of the product's earlier reviews.",
-        False, "CASE WHEN ps.p_rev > 0 THEN ps.p_sent / ps.p_rev END", requires=_REVIEWS,
+        False, "CASE WHEN s.p_rev > 0 THEN s.p_sent / s.p_rev END", requires=_REVIEWS,
     ),
     FeatureSpec(
         "product_negative_share", FAMILY, "numeric",
         "Share of the product's earlier reviews with negative sentiment (compound <= negative_sentiment).",
-        False, "CASE WHEN ps.p_rev > 0 THEN ps.p_neg / ps.p_rev END", requires=_REVIEWS,
+        False, "CASE WHEN s.p_rev > 0 THEN s.p_neg / s.p_rev END", requires=_REVIEWS,
     ),
     FeatureSpec(
         "product_fit_mention_share", FAMILY, "numeric",
         "Share of the product's earlier reviews that mention a fit problem (runs small/large, does not fit...).",
-        False, "CASE WHEN ps.p_rev > 0 THEN ps.p_fit / ps.p_rev END", requires=_REVIEWS,
+        False, "CASE WHEN s.p_rev > 0 THEN s.p_fit / s.p_rev END", requires=_REVIEWS,
     ),
     FeatureSpec(
         "product_rating_mean", FAMILY, "numeric",
         "Mean star rating (1-5) of the product's earlier rated reviews.",
-        False, "CASE WHEN ps.p_rated > 0 THEN ps.p_rating / ps.p_rated END",
+        False, "CASE WHEN s.p_rated > 0 THEN s.p_rating / s.p_rated END",
         requires=("reviews", "reviews.rating"),
     ),
 ]

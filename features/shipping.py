@@ -91,13 +91,13 @@ FEATURES = [
     FeatureSpec(
         "cust_mean_delivery_days", FAMILY, "numeric",
         "Mean delivery time (days) of the customer's earlier orders delivered before this one.",
-        True, "CASE WHEN cs.c_deliv > 0 THEN cs.c_deliv_days / cs.c_deliv END",
+        True, "CASE WHEN s.c_deliv > 0 THEN s.c_deliv_days / s.c_deliv END",
         requires=("orders.delivered_ts",),
     ),
     FeatureSpec(
         "cust_late_delivery_share", FAMILY, "numeric",
         "Share of the customer's earlier delivered orders that took longer than late_delivery_days.",
-        True, "CASE WHEN cs.c_deliv > 0 THEN cs.c_late / cs.c_deliv END",
+        True, "CASE WHEN s.c_deliv > 0 THEN s.c_late / s.c_deliv END",
         requires=("orders.delivered_ts",),
     ),
 ]

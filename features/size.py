@@ -77,23 +77,21 @@ def _order_stat(k: str) -> str:
 
 
 def finish(ctx: Context) -> None:
-    """Per (order, size type): kept count, distinct sizes kept, median and mode rank of the kept sizes."""
+    """The stream outputs `sx` = sx0 + per line: kept count, distinct sizes kept, median and mode rank."""
     n = " + ".join(f"k{i}" for i in RANKS)
     mx = "greatest(" + ", ".join(f"k{i}" for i in RANKS) + ")"
     mode = "CASE " + " ".join(f"WHEN k{i} = {mx} THEN {i}" for i in RANKS) + " END"
     ctx.sql(f"""
-        CREATE OR REPLACE TEMP TABLE sz AS
-        SELECT order_id, size_type, {", ".join(f"k{i}" for i in RANKS)}, n_kept,
+        CREATE OR REPLACE TEMP VIEW sx AS
+        SELECT *,
                {" + ".join(f"CASE WHEN k{i} > 0 THEN 1.0 ELSE 0.0 END" for i in RANKS)} AS n_sizes,
                CASE WHEN n_kept > 0 THEN
                    ({_order_stat("floor((n_kept + 1) / 2)")} + {_order_stat("floor(n_kept / 2) + 1")}) / 2.0
                END AS median_rank,
                CASE WHEN n_kept > 0 THEN {mode} END AS mode_rank
-        FROM (SELECT *, {n} AS n_kept FROM s_customer_size) t
+        FROM (SELECT *, {n} AS n_kept FROM sx0) t
     """)
 
-
-JOINS = ["LEFT JOIN sz ON sz.order_id = l.order_id AND sz.size_type = l.size_type"]
 
 _SIZED = ("order_lines.size", "products.size_type")
 _ON_SIZED = "CASE WHEN l.size_rank IS NOT NULL THEN {} END"
@@ -102,19 +100,19 @@ FEATURES = [
     FeatureSpec(
         "size_vs_kept_median", FAMILY, "numeric",
         "Ordered size rank minus the median rank of the sizes this customer kept earlier (same size type).",
-        True, _ON_SIZED.format("l.size_rank - sz.median_rank"), requires=_SIZED,
+        True, _ON_SIZED.format("l.size_rank - s.median_rank"), requires=_SIZED,
     ),
     FeatureSpec(
         "size_vs_kept_mode", FAMILY, "numeric",
         "Ordered size rank minus the rank this customer kept most often (ties: the smaller size).",
-        True, _ON_SIZED.format("l.size_rank - sz.mode_rank"), requires=_SIZED,
+        True, _ON_SIZED.format("l.size_rank - s.mode_rank"), requires=_SIZED,
     ),
     FeatureSpec(
         "size_ever_kept", FAMILY, "numeric",
         "1 if the customer kept this exact size before (same size type), else 0.",
         True,
         _ON_SIZED.format(
-            "CASE WHEN (CASE l.size_rank " + " ".join(f"WHEN {i} THEN sz.k{i}" for i in RANKS)
+            "CASE WHEN (CASE l.size_rank " + " ".join(f"WHEN {i} THEN s.k{i}" for i in RANKS)
             + " END) > 0 THEN 1.0 ELSE 0.0 END"
         ),
         requires=_SIZED,
@@ -122,20 +120,20 @@ FEATURES = [
     FeatureSpec(
         "n_sizes_kept", FAMILY, "numeric",
         "How many different sizes of this size type the customer has kept.",
-        True, _ON_SIZED.format("sz.n_sizes"), requires=_SIZED,
+        True, _ON_SIZED.format("s.n_sizes"), requires=_SIZED,
     ),
     FeatureSpec(
         "n_items_kept_sized", FAMILY, "numeric",
         "How many items of this size type the customer has kept.",
-        True, _ON_SIZED.format("sz.n_kept"), requires=_SIZED,
+        True, _ON_SIZED.format("s.n_kept"), requires=_SIZED,
     ),
     FeatureSpec(
         "product_size_tendency", FAMILY, "numeric",
         "The product's fit tendency from earlier too-small/too-large returns and fit reviews (positive: runs small).",
         False,
         "CASE WHEN l.size_type IS NOT NULL AND l.size_type <> 'none' THEN "
-        "((coalesce(ps.p_small, 0) - coalesce(ps.p_large, 0)) / "
-        "(coalesce(ps.p_small, 0) + coalesce(ps.p_large, 0) + {size_tendency_prior_weight})) END",
+        "((coalesce(s.p_small, 0) - coalesce(s.p_large, 0)) / "
+        "(coalesce(s.p_small, 0) + coalesce(s.p_large, 0) + {size_tendency_prior_weight})) END",
         requires=("products.size_type",),
         requires_any=("returns.reason", "reviews"),
     ),

@@ -26,35 +26,22 @@ from features.sql import running, union_all
 
 @dataclass(frozen=True)
 class StreamDef:
-    """A stream: its partition keys, the query rows (target orders) and its output table's join keys."""
+    """A stream: its partition keys and which target lines get a query row (a WHERE condition on ln)."""
 
     keys: tuple[str, ...]
-    queries: str  # SELECT order_id, order_ts AS ts, <keys> ... (one row per target order and key)
-    out_keys: tuple[str, ...]
+    where: str = "TRUE"
+
+    @property
+    def queries(self) -> str:
+        """One query row per target line: qi (its output row), its order's time and the stream keys."""
+        return f"SELECT qi, order_ts AS ts, {', '.join(self.keys)} FROM ln WHERE is_target AND {self.where}"
 
 
 STREAMS: dict[str, StreamDef] = {
-    "customer": StreamDef(
-        ("customer_id",),
-        "SELECT order_id, order_ts AS ts, customer_id FROM ord WHERE is_target",
-        ("order_id",),
-    ),
-    "customer_category": StreamDef(
-        ("customer_id", "category"),
-        "SELECT DISTINCT order_id, order_ts AS ts, customer_id, category FROM ln WHERE is_target",
-        ("order_id", "category"),
-    ),
-    "customer_size": StreamDef(
-        ("customer_id", "size_type"),
-        "SELECT DISTINCT order_id, order_ts AS ts, customer_id, size_type FROM ln "
-        "WHERE is_target AND size_rank IS NOT NULL",
-        ("order_id", "size_type"),
-    ),
-    "product": StreamDef(
-        ("product_id",),
-        "SELECT DISTINCT order_id, order_ts AS ts, product_id FROM ln WHERE is_target",
-        ("order_id", "product_id"),
-    ),
+    "customer": StreamDef(("customer_id",)),
+    "customer_category": StreamDef(("customer_id", "category")),
+    "customer_size": StreamDef(("customer_id", "size_type"), "size_rank IS NOT NULL"),
+    "product": StreamDef(("product_id",)),
 }
 
 
@@ -109,18 +96,14 @@ def _union_sql(spec: StreamDef, cols: Sequence[Running], evs: Sequence[Events]) 
     if parts:
         grouped = ", ".join(f"{agg[c].sql_agg}({c}) AS {c}" for c in names)
         events = (
-            f"SELECT {keys}, ts, 1 AS kind, NULL AS order_id, {grouped} "
+            f"SELECT {keys}, ts, 1 AS kind, NULL AS qi, {grouped} "
             f"FROM ({union_all(parts, columns, sources)}) e WHERE ts IS NOT NULL GROUP BY {keys}, ts"
         )
     else:
         events = None
     defaults = ", ".join(f"{agg[c].default} AS {c}" for c in names)
-    queries = f"SELECT {keys}, ts, 0 AS kind, order_id, {defaults} FROM ({spec.queries}) q"
+    queries = f"SELECT {keys}, ts, 0 AS kind, qi, {defaults} FROM ({spec.queries}) q"
     return queries if events is None else f"{queries}\nUNION ALL\n{events}"
-
-
-def _out_columns(spec: StreamDef) -> list[str]:
-    return list(dict.fromkeys((*spec.out_keys, *(k for k in spec.keys if k != "customer_id"))))
 
 
 def _stream_by_windows(ctx: Context, table: str, spec: StreamDef, cols: Sequence[Running], body: str) -> None:
@@ -128,26 +111,28 @@ def _stream_by_windows(ctx: Context, table: str, spec: StreamDef, cols: Sequence
     aggs = ", ".join(f"{running(f'{c.sql_agg}({c.name})', spec.keys)} AS {c.name}" for c in cols)
     ctx.sql(f"""
         CREATE OR REPLACE TEMP TABLE {table} AS
-        SELECT {", ".join(_out_columns(spec))}, {", ".join(c.name for c in cols)}
-        FROM (SELECT kind, order_id, {", ".join(spec.keys)}, {aggs} FROM ({body}) u) w
+        SELECT qi, {", ".join(c.name for c in cols)}
+        FROM (SELECT kind, qi, {aggs} FROM ({body}) u) w
         WHERE kind = 0
     """)
 
 
-def _stream_by_scan(ctx: Context, table: str, spec: StreamDef, cols: Sequence[Running], body: str) -> None:
+def _stream_by_scan(ctx: Context, spec: StreamDef, cols: Sequence[Running], body: str, out: dict) -> None:
     """The fast evaluation: DuckDB sorts the union, numpy runs segmented scans (one pass per column).
 
     DuckDB evaluates every window aggregate separately (~0.2 us per row and aggregate here), which
     made 36 running columns the bottleneck; the sort is shared and a segmented cumulative sum is a few
-    ns per row. Equality with `_stream_by_windows` is tested (tests/test_features_engine.py).
+    ns per row. Results are scattered by qi into arrays aligned with the output rows, so no join is
+    needed to bring them back. Equality with the window SQL is tested (tests/test_features_parity.py).
     """
     keys = list(spec.keys)
-    out = _out_columns(spec)
-    select = ", ".join(dict.fromkeys([*keys, "kind", "order_id", *out, *(c.name for c in cols)]))
+    select = ", ".join([*keys, "kind", "qi", *(c.name for c in cols)])
     tbl = ctx.con.sql(f"SELECT {select} FROM ({body}) u ORDER BY {', '.join(keys)}, ts, kind").to_arrow_table()
     n = tbl.num_rows
+    size = out["_n"]
+    for c in cols:
+        out[c.name] = (np.full(size, np.nan), None) if c.agg == "sum" else (np.zeros(size, np.int64), np.ones(size, bool))
     if n == 0:
-        ctx.con.register(table, _empty(tbl, out, cols))
         return
     new = np.zeros(n, dtype=bool)
     new[0] = True
@@ -159,19 +144,17 @@ def _stream_by_scan(ctx: Context, table: str, spec: StreamDef, cols: Sequence[Ru
     pid = np.cumsum(new) - 1
     q = np.flatnonzero(pc.equal(tbl.column("kind"), 0).to_numpy(zero_copy_only=False))
     qpid = pid[q]
-    arrays = {c: tbl.column(c).take(q) for c in out}
+    qi = tbl.column("qi").take(q).to_numpy(zero_copy_only=False).astype(np.int64)
     for c in cols:
         col = tbl.column(c.name).combine_chunks()
         if c.agg == "sum":
             v = pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False)
             cs = np.cumsum(v)
             base = cs[starts] - v[starts]
-            arrays[c.name] = pa.array(cs[q] - base[qpid])
+            out[c.name][0][qi] = cs[q] - base[qpid]
             continue
-        typ = col.type
         valid = col.is_valid().to_numpy(zero_copy_only=False)
-        raw = pc.fill_null(col.cast(pa.int64()) if pa.types.is_timestamp(typ) else col, 0)
-        v = raw.to_numpy(zero_copy_only=False)
+        v = pc.fill_null(col.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
         rows = np.arange(n)
         if c.agg == "last":
             idx = np.maximum.accumulate(np.where(valid, rows, -1))[q]
@@ -179,25 +162,24 @@ def _stream_by_scan(ctx: Context, table: str, spec: StreamDef, cols: Sequence[Ru
         else:
             first = np.minimum.reduceat(np.where(valid, rows, n), starts)[qpid]
             idx, ok = np.minimum(first, n - 1), first <= q
-        vals = pa.array(v[np.maximum(idx, 0)], mask=~ok)
-        arrays[c.name] = vals.cast(typ) if pa.types.is_timestamp(typ) else vals
-    ctx.con.register(table, pa.table(arrays))
-
-
-def _empty(tbl: pa.Table, out: Sequence[str], cols: Sequence[Running]) -> pa.Table:
-    return pa.table({c: tbl.column(c) for c in [*out, *(c.name for c in cols)]})
+        values, mask = out[c.name]
+        values[qi] = v[np.maximum(idx, 0)]
+        mask[qi] = ~ok
+        out[f"_type_{c.name}"] = col.type
 
 
 def build_streams(
     ctx: Context, runnings: Sequence[Running], events: Sequence[Events], method: str = "scan"
-) -> dict[str, str]:
-    """Create one table s_<stream> per stream that has running columns; returns stream -> table name.
+) -> str:
+    """Evaluate every stream; returns the table `sx0`: qi + every running column, one row per target line.
 
     method "scan" (default, fast) or "sql" (window functions only: the portable reference).
     """
     if method not in ("scan", "sql"):
         raise ValueError(f"stream method must be 'scan' or 'sql', not {method!r}")
-    tables = {}
+    n_target = int(ctx.counts.get("target_lines", 0))
+    out: dict = {"_n": n_target}
+    stream_tables = []
     for name, spec in STREAMS.items():
         cols = [r for r in runnings if r.stream == name]
         evs = [e for e in events if e.stream == name]
@@ -206,10 +188,27 @@ def build_streams(
         unknown = {v for e in evs for v in e.values} - {c.name for c in cols}
         if unknown:
             raise ValueError(f"stream {name}: events set undeclared columns {sorted(unknown)}")
-        table = f"s_{name}"
         t0 = time.perf_counter()
         body = _union_sql(spec, cols, evs)
-        (_stream_by_scan if method == "scan" else _stream_by_windows)(ctx, table, spec, cols, body)
+        if method == "scan":
+            _stream_by_scan(ctx, spec, cols, body, out)
+        else:
+            _stream_by_windows(ctx, f"s_{name}", spec, cols, body)
+            stream_tables.append(f"s_{name}")
         ctx.timings[f"stream_{name}_s"] = time.perf_counter() - t0
-        tables[name] = table
-    return tables
+    names = [r.name for r in runnings]
+    if method == "scan":
+        arrays = {"qi": pa.array(np.arange(n_target, dtype=np.int64))}
+        for r in runnings:
+            values, mask = out[r.name]
+            if mask is None:
+                arrays[r.name] = pa.array(values, from_pandas=True)
+            else:
+                typ = out.get(f"_type_{r.name}", pa.timestamp("us"))
+                arrays[r.name] = pa.array(values, mask=mask).cast(typ)
+        ctx.con.register("sx0", pa.table(arrays))
+    else:
+        joins = " ".join(f"LEFT JOIN {t} USING (qi)" for t in stream_tables)
+        ctx.sql(f"CREATE OR REPLACE TEMP TABLE sx0 AS SELECT q.qi, {', '.join(names)} "
+                f"FROM (SELECT qi FROM ln WHERE is_target) q {joins}")
+    return "sx0"

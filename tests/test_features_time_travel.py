@@ -107,8 +107,9 @@ def test_events_at_or_after_the_order_do_not_change_its_features(case, data):
                          or data.draw(st.booleans())]  # drop some later returns
     t.rows["reviews"] = [r for r in t.rows["reviews"] if r["review_ts"] < T0 + pd.Timedelta(hours=hours)
                          or r["review_id"] >= 98 or data.draw(st.booleans())]
-    for o in t.rows["orders"]:
-        if o["order_id"] != oid and data.draw(st.booleans()):
+    for o in t.rows["orders"]:  # deliveries not yet made at the order's time land (later) at or after it
+        undelivered = pd.isna(o["delivered_ts"]) or o["delivered_ts"] >= T0 + pd.Timedelta(hours=hours)
+        if o["order_id"] != oid and undelivered and data.draw(st.booleans()):
             o["delivered_ts"] = pd.Timestamp(data.draw(at_or_after))
     after = _features_of(t, oid)
     pd.testing.assert_frame_equal(before, after, check_exact=False, rtol=1e-9)
