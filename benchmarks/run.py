@@ -16,6 +16,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("uci_ingest", ["--rows", "540000", "--repeat", "1"]),
     ("flag", ["--rows", "250000", "--repeat", "1"]),
     ("train", ["--rows", "200000"]),
+    ("score", ["--rows", "200000", "--reasons-rows", "10000"]),
 ]
 
 
