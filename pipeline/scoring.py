@@ -542,6 +542,7 @@ def score_export(
     as_of = pd.Timestamp(as_of) if as_of is not None else scored_at
     vparams = dict(params.get("validate") or {})
     fparams = {"featurize": dict(params.get("featurize") or {}), "labels": dict(params.get("labels") or {})}
+    xparams = dict(params.get("explain") or {})  # TreeSHAP batch size and threads, as the explain stage
     k = settings.reasons
     threshold = getattr(model, "threshold", None)
     if threshold is None:
@@ -727,7 +728,13 @@ def score_export(
                         "warehouses": hist.get("warehouses"),
                     },
                 )
-                reasons = explain_lines(model, ctx, k=k)
+                reasons = explain_lines(
+                    model,
+                    ctx,
+                    k=k,
+                    batch_size=int(xparams.get("batch_size", 100_000)),
+                    num_threads=int(xparams.get("num_threads", 0)),
+                )
                 for i in range(1, k + 1):
                     frame[f"reason_{i}"] = reasons[f"reason_{i}"].to_numpy()
                 tick("reasons_s", t0)
