@@ -480,9 +480,8 @@ def _orders(
 
     # delivery: processing + road/air transit + cross-border customs; hidden excess delay drives returns
     transit = np.where(dist < 2500, dist / 650.0, 3.0 + dist / 3000.0)
-    customs = np.where(cross, rng.gamma(1.6, 0.9, m), 0.0)
-    excess = rng.exponential(0.6, m) * np.where(rng.random(m) < 0.12, 4.0, 1.0)  # carrier trouble
-    deliver_days = 0.4 + rng.gamma(2.0, 0.3, m) + transit + customs + excess
+    delay = _transit_delay(rng, cross)  # hidden: customs + carrier trouble
+    deliver_days = 0.4 + rng.gamma(2.0, 0.3, m) + transit + delay
     delivered = order_day + deliver_days
     delivered = np.where(delivered <= n_days, delivered, np.nan)  # still in transit at the cutoff
 
@@ -508,7 +507,7 @@ def _orders(
         "widx": widx.astype("int8"),
         "dist": dist,
         "cross": cross,
-        "delay": customs + excess,  # days beyond the normal transit (hidden)
+        "delay": delay,  # days beyond the normal transit (hidden)
         "delivered": delivered,
         "channel": channel.astype("int8"),
         "pay": pay.astype("int8"),
@@ -642,8 +641,9 @@ def _hazards(rng: np.random.Generator, cust: dict, prod: dict, orders: dict, lin
     p_dmg = 0.008 + 0.02 * cross + 0.0000025 * orders["dist"][oidx]
     damaged = rng.random(n) < p_dmg
     delay = orders["delay"][oidx]
-    h_dd = np.where(damaged, 0.8, np.minimum(0.03 * np.maximum(delay - 2.0, 0.0), 0.2))
-    h[:, c["damage_delay"]] = h_dd * np.minimum(_CAT_QUAL_SENS[cat] * 1.2, 1.0)  # beauty: rarely worth it
+    h_dd = np.where(damaged, 0.8, _delay_hazard(delay))
+    dd_sens = np.minimum(_CAT_QUAL_SENS[cat] * 1.2, 1.0)  # beauty: rarely worth it
+    h[:, c["damage_delay"]] = h_dd * dd_sens
     h[:, c["abuse"]] = np.where(arche == 4, 0.7, 0.0)
     wardrobe = (arche == 3) & (
         (cat == _OCCASION) | (np.isin(cat, _APPAREL) & (lines["list_price"] > 1.5 * cat_med))
@@ -651,6 +651,12 @@ def _hazards(rng: np.random.Generator, cust: dict, prod: dict, orders: dict, lin
     h[:, c["wardrobing"]] = np.where(wardrobe, 0.8, 0.0)
     h[:, c["bracketing"]] = np.where(lines["bracket_extra"], 0.95, 0.0)
     p = 1.0 - np.prod(1.0 - h.astype("float64"), axis=1)
+    # Order-time (ex-ante) probability: transit damage and delay happen after the order is placed, so the
+    # best any model scoring at checkout can know is the expectation over them. That is the oracle.
+    h_dd_ex = (p_dmg * 0.8 + (1 - p_dmg) * _EXPECTED_DELAY_HAZARD[cross.astype("int8")]) * dd_sens
+    keep = 1.0 - h.astype("float64")
+    keep[:, c["damage_delay"]] = 1.0
+    p_ex = 1.0 - np.prod(keep, axis=1) * (1.0 - h_dd_ex)
     drawn = rng.random(n) < p
     # the cause that fired: proportional to its hazard
     cum = np.cumsum(h, axis=1)
@@ -658,7 +664,29 @@ def _hazards(rng: np.random.Generator, cust: dict, prod: dict, orders: dict, lin
     fired = np.minimum((cum < u[:, None]).sum(axis=1), len(CAUSES) - 1).astype("int8")
     likeliest = np.argmax(h, axis=1).astype("int8")
     main = np.where(drawn, fired, np.where(p < 0.05, c["none"], likeliest)).astype("int8")
-    lines.update(p=p.astype("float32"), drawn=drawn, cause=main, damaged=damaged, late=delay > 2.0)
+    lines.update(p=p.astype("float32"), p_ex=p_ex.astype("float32"), drawn=drawn, cause=main, damaged=damaged, late=delay > 2.0)
+
+
+def _delay_hazard(delay: np.ndarray) -> np.ndarray:
+    """Return hazard from a late delivery: grows with days beyond normal transit, capped."""
+    return np.minimum(0.03 * np.maximum(delay - 2.0, 0.0), 0.2)
+
+
+def _transit_delay(rng: np.random.Generator, cross: np.ndarray) -> np.ndarray:
+    """Days beyond the normal transit: customs when cross-border, plus carrier trouble."""
+    m = cross.size
+    customs = np.where(cross, rng.gamma(1.6, 0.9, m), 0.0)
+    excess = rng.exponential(0.6, m) * np.where(rng.random(m) < 0.12, 4.0, 1.0)
+    return customs + excess
+
+
+def _expected_delay_hazard_table(draws: int = 400_000) -> np.ndarray:
+    """E[delay hazard] for [domestic, cross-border] orders, by a fixed-seed Monte Carlo (deterministic)."""
+    rng = np.random.default_rng(20240101)
+    return np.array([_delay_hazard(_transit_delay(rng, np.full(draws, flag))).mean() for flag in (False, True)])
+
+
+_EXPECTED_DELAY_HAZARD = _expected_delay_hazard_table()
 
 
 def _returns(rng: np.random.Generator, orders: dict, lines: dict) -> None:
@@ -1113,7 +1141,8 @@ def _assemble_truth(cust: dict, prod: dict, lines: dict) -> dict[str, pd.DataFra
         "lines_truth": pd.DataFrame(
             {
                 "line_id": lines["id"],
-                "true_return_prob": lines["p"],
+                "true_return_prob": lines["p_ex"],
+                "realized_return_prob": lines["p"],
                 "main_cause": _cat(lines["cause"], CAUSES),
                 "size_offset": lines["offset"],
                 "fit_offset": lines["fit"],

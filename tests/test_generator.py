@@ -436,3 +436,13 @@ def test_generate_benchmark_prints_name_value_unit_lines():
     assert {"generate_rows", "generate_seconds", "generate_peak_rss"} <= set(figures)
     assert 1500 < int(figures["generate_rows"][1]) < 6000
     assert 0 < float(figures["generate_peak_rss"][1]) < 4
+
+
+def test_truth_probability_is_the_order_time_expectation(small_generated):
+    """The oracle is what is knowable at checkout: transit damage/delay are drawn later, so
+    true_return_prob averages them out while realized_return_prob (used for the draw) includes them."""
+    truth = pd.read_parquet(small_generated.truth / "lines_truth.parquet")
+    ex_ante, realized = truth["true_return_prob"], truth["realized_return_prob"]
+    assert (ex_ante - realized).abs().max() > 0.05  # some lines were damaged or delayed in transit
+    assert abs(ex_ante.mean() - realized.mean()) < 0.005  # and ex-ante is their expectation
+    assert ex_ante.between(0, 1).all()
