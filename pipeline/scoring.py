@@ -326,6 +326,9 @@ class StreamWriter:
         if self._pq is not None:
             self._pq.close()
             self._pq = None
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(self.tmp, 0o666 & ~mask)  # mkstemp makes 0600; the output is for other services to read
         os.replace(self.tmp, self.path)
         return self.path
 
