@@ -109,7 +109,8 @@ def test_export_model_gives_a_plain_folder_with_the_same_scores(small_project, s
     from pipeline.commands.export_model import export_model
 
     out = export_model("models:/returnrisk@champion", tmp_path / "exported")
-    assert sorted(p.name for p in out.iterdir()) == ["booster.txt", "model.json"]
+    # the served model (text booster + JSON, no pickles) and where it came from (for score's model_version)
+    assert sorted(p.name for p in out.iterdir()) == ["booster.txt", "model.json", "source.json"]
     exported = ReturnModel.load(out)
     feats = _features(small_project).head(500)
     np.testing.assert_array_equal(
