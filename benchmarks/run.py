@@ -15,6 +15,7 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("validation", ["--rows", "300000", "--repeat", "1"]),
     ("uci_ingest", ["--rows", "540000", "--repeat", "1"]),
     ("flag", ["--rows", "250000", "--repeat", "1"]),
+    ("featurize", ["--rows", "300000"]),
     ("train", ["--rows", "200000"]),
     ("score", ["--rows", "200000", "--reasons-rows", "10000"]),
 ]
