@@ -329,7 +329,9 @@ def test_claim_anomaly_alone_is_detected():
     p = FlagParams()
     s = score_customers(h.frame(p), p).set_index("customer_id")
     r = s.loc[CLAIM]
-    assert r["n_claims"] == 7 and r["claim_ratio"] > 1.5 and r["claim_pvalue"] < 1e-3
+    # per item bought: 20 items at p=0.3 times the ~0.3 claim share of these products expect ~1.8 claims
+    assert r["n_claims"] == 7 and r["expected_claims"] < 2.5
+    assert r["claim_ratio"] > 1.5 and r["claim_pvalue"] < 0.01
     assert r["s_excess"] < 0.05 and r["s_claims"] > 0
     assert r["abuse_type"] == "claim_abuser" and r["tier"] != "none"
 
@@ -427,7 +429,7 @@ def test_evaluate_against_archetypes_and_naive_rule(scored):
     assert m["misflag_share"] == 0.0  # the bracketer is flagged, but typed bracketer
     # naive: SIXTY (60 %) outranks WARD (50 %) by return rate; with >= 5 items TWO is out
     assert m["naive_precision_at_k"] == 0.5
-    assert list(review_queue(s)["customer_id"].head(2)) == [WARD, SERIAL]
+    assert set(review_queue(s)["customer_id"].head(2)) == {WARD, SERIAL}
 
 
 def test_misflag_counts_bracketers_typed_as_abusers(scored):
@@ -504,3 +506,32 @@ def test_string_customer_ids_work():
     p = FlagParams()
     s = score_customers(h.frame(p), p).set_index("customer_id")
     assert s.loc["cust-A", "tier"] in ("review", "restrict")
+
+
+def test_immature_lines_count_for_the_elapsed_share_of_the_return_window():
+    """A return on a line still inside its window is evidence; its expectation is p * F(elapsed days), F the
+    empirical order-to-return delay CDF of mature returns (background returns arrive 6 days after order)."""
+    from models.abuse import return_time_cdf
+
+    h = History()
+    background(h, n_customers=20)
+    h.order(9, 362, [dict(product=2, p=0.2, returned=True, return_day=1)])  # 3 days old, back already
+    h.order(9, 364, [dict(product=3, p=0.2, returned=False)])  # 1 day old: no return expected yet
+    lf = h.frame()
+    f = return_time_cdf(lf)
+    assert f([5.9])[0] == 0.0 and f([6.1])[0] == 1.0  # every background return: order + 2 + 4 days
+    mine = lf[lf["customer_id"] == 9]
+    assert (~mine["mature"]).all() and (mine["p_known"] == 0).all()  # 3 and 1 days < 6 days
+    s = score_customers(lf, FlagParams()).set_index("customer_id")
+    # the returned immature line is observed; with p_known 0 its return is a surprise, yet never "restrict"
+    assert s.loc[9, "n_items"] == 0 and s.loc[9, "tier"] != "restrict"
+
+
+def test_immature_bracket_shaped_orders_stay_out_of_the_excess_test():
+    h = History()
+    background(h, n_customers=20)
+    day = 350  # 15 days before the cutoff: immature, past the background's 6-day return delay
+    h.order(10, day, [dict(product=11, size=s, p=0.3, returned=s != "M", return_day=2) for s in "SML"])
+    h.order(10, day, [dict(product=12, p=0.2, returned=True, return_day=2)])
+    s = score_customers(h.frame(), FlagParams()).set_index("customer_id")
+    assert s.loc[10, "n_immature_tested"] == 1 and s.loc[10, "n_returned_tested"] == 1
