@@ -44,12 +44,22 @@ def _child_featurize(raw: Path, out: Path, threads: int, memory_limit: str) -> N
     from features.build import featurize_to_parquet
     from pipeline.io import read_meta
 
-    params = {"featurize": {"threads": threads, "memory_limit": memory_limit, "temp_directory": str(out.parent)}}
+    params = {
+        "featurize": {"threads": threads, "memory_limit": memory_limit, "temp_directory": str(out.parent)}
+    }
     t0 = time.perf_counter()
     rep = featurize_to_parquet(_tables(raw), read_meta(raw)["cutoff"], out, params)
-    print(json.dumps({"wall": time.perf_counter() - t0, "rows": rep["rows"], "timings": rep["timings_s"],
-                      "distinct_texts": rep["input_rows"].get("review_distinct_texts", 0),
-                      "reviews": rep["input_rows"].get("reviews", 0)}))
+    print(
+        json.dumps(
+            {
+                "wall": time.perf_counter() - t0,
+                "rows": rep["rows"],
+                "timings": rep["timings_s"],
+                "distinct_texts": rep["input_rows"].get("review_distinct_texts", 0),
+                "reviews": rep["input_rows"].get("reviews", 0),
+            }
+        )
+    )
 
 
 def pandas_two_features(orders: pd.DataFrame, lines: pd.DataFrame, returns: pd.DataFrame) -> pd.DataFrame:
@@ -63,8 +73,15 @@ def pandas_two_features(orders: pd.DataFrame, lines: pd.DataFrame, returns: pd.D
     ev["n"] = ev.groupby("customer_id")["first"].cumsum().astype("float64")
     ev["last"] = ev["return_ts"]
     q = orders[["order_id", "customer_id", "order_ts"]].sort_values("order_ts")
-    m = pd.merge_asof(q, ev[["customer_id", "return_ts", "n", "last"]], left_on="order_ts", right_on="return_ts",
-                      by="customer_id", allow_exact_matches=False, direction="backward")
+    m = pd.merge_asof(
+        q,
+        ev[["customer_id", "return_ts", "n", "last"]],
+        left_on="order_ts",
+        right_on="return_ts",
+        by="customer_id",
+        allow_exact_matches=False,
+        direction="backward",
+    )
     m["cust_returns"] = m["n"].fillna(0.0)
     m["cust_days_since_last_return"] = (m["order_ts"] - m["last"]).dt.total_seconds() / 86400.0
     return m[["order_id", "cust_returns", "cust_days_since_last_return"]]
@@ -82,19 +99,30 @@ def duckdb_two_features(tables: dict, threads: int) -> pd.DataFrame:
         ctx = stage(con, tables, p)
         runs = [r for r in past_returns.RUNNINGS if r.name in ("c_ret", "c_last_ret")]
         ev = [e for e in past_returns.EVENTS if "c_ret" in e.values]
-        ev = [type(e)(e.stream, e.source, e.ts, {k: v for k, v in e.values.items() if k in ("c_ret", "c_last_ret")}) for e in ev]
+        ev = [
+            type(e)(
+                e.stream, e.source, e.ts, {k: v for k, v in e.values.items() if k in ("c_ret", "c_last_ret")}
+            )
+            for e in ev
+        ]
         build_streams(ctx, runs, ev)
-        return con.sql(
-            "SELECT DISTINCT l.order_id, s.c_ret AS cust_returns, "
-            "(epoch(l.order_ts) - epoch(s.c_last_ret)) / 86400.0 AS cust_days_since_last_return "
-            "FROM ln l JOIN sx0 s ON s.qi = l.qi"
-        ).to_arrow_table().to_pandas()
+        return (
+            con.sql(
+                "SELECT DISTINCT l.order_id, s.c_ret AS cust_returns, "
+                "(epoch(l.order_ts) - epoch(s.c_last_ret)) / 86400.0 AS cust_days_since_last_return "
+                "FROM ln l JOIN sx0 s ON s.qi = l.qi"
+            )
+            .to_arrow_table()
+            .to_pandas()
+        )
     finally:
         con.close()
 
 
 def _child_reference(raw: Path, features: Path, threads: int) -> None:
-    tabs = {k: pd.read_parquet(v) for k, v in _tables(raw).items() if k in ("orders", "order_lines", "returns")}
+    tabs = {
+        k: pd.read_parquet(v) for k, v in _tables(raw).items() if k in ("orders", "order_lines", "returns")
+    }
     t0 = time.perf_counter()
     pdf = pandas_two_features(tabs["orders"], tabs["order_lines"], tabs["returns"])
     t_pandas = time.perf_counter() - t0
@@ -124,13 +152,21 @@ def _child_batch(raw: Path, batch_rows: int, threads: int) -> None:
     in_batch = tabs["orders"]["order_ts"] >= cut
     history = dict(tabs)
     history["orders"] = tabs["orders"][~in_batch]
-    history["order_lines"] = tabs["order_lines"][~tabs["order_lines"]["order_id"].isin(tabs["orders"]["order_id"][in_batch])]
+    history["order_lines"] = tabs["order_lines"][
+        ~tabs["order_lines"]["order_id"].isin(tabs["orders"]["order_id"][in_batch])
+    ]
     history["returns"] = tabs["returns"][tabs["returns"]["return_ts"] < cut]
     history["reviews"] = tabs["reviews"][tabs["reviews"]["review_ts"] < cut]
-    batch = {"orders": tabs["orders"][in_batch],
-             "order_lines": tabs["order_lines"][tabs["order_lines"]["order_id"].isin(tabs["orders"]["order_id"][in_batch])]}
+    batch = {
+        "orders": tabs["orders"][in_batch],
+        "order_lines": tabs["order_lines"][
+            tabs["order_lines"]["order_id"].isin(tabs["orders"]["order_id"][in_batch])
+        ],
+    }
     t0 = time.perf_counter()
-    out = build_features_for_batch(history, batch, read_meta(raw)["cutoff"], {"featurize": {"threads": threads}})
+    out = build_features_for_batch(
+        history, batch, read_meta(raw)["cutoff"], {"featurize": {"threads": threads}}
+    )
     wall = time.perf_counter() - t0
     print(json.dumps({"wall": wall, "rows": len(out), "history_lines": len(history["order_lines"])}))
 
@@ -139,7 +175,9 @@ def _run_child(args: list[str]) -> tuple[dict, float, float, float]:
     """Run this module as a child; returns its JSON, wall, CPU seconds and peak RSS (GiB)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "benchmarks.featurize", *args], capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "benchmarks.featurize", *args], capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     if res.returncode != 0:
         raise RuntimeError(f"child {args[0]} failed:\n{res.stderr[-3000:]}")
@@ -154,7 +192,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, help="reuse/keep generated data here (default: a temp folder)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-limit", default="6GB")
-    ap.add_argument("--batch-rows", type=int, default=0, help="also time the scoring path for this many lines")
+    ap.add_argument(
+        "--batch-rows", type=int, default=0, help="also time the scoring path for this many lines"
+    )
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:

@@ -51,53 +51,88 @@ RUNNINGS = [Running("customer", "c_orders"), Running("customer", "c_first_order"
 
 EVENTS = [Events("customer", "FROM ord", "order_ts", {"c_orders": "1.0", "c_first_order": "order_ts"})]
 
-TENURE = (
-    f"greatest(0.0, {days_between('l.order_ts', 'coalesce(cu.signup_ts, s.c_first_order, l.order_ts)')})"
-)
+TENURE = f"greatest(0.0, {days_between('l.order_ts', 'coalesce(cu.signup_ts, s.c_first_order, l.order_ts)')})"
 
 FEATURES = [
-    FeatureSpec("quantity", FAMILY, "numeric", "Units ordered on the line.", False, "CAST(l.quantity AS DOUBLE)"),
+    FeatureSpec(
+        "quantity", FAMILY, "numeric", "Units ordered on the line.", False, "CAST(l.quantity AS DOUBLE)"
+    ),
     FeatureSpec("basket_lines", FAMILY, "numeric", "Lines in the order.", False, "bo.n_lines"),
     FeatureSpec("basket_units", FAMILY, "numeric", "Units in the order.", False, "bo.n_units"),
     FeatureSpec(
-        "same_product_lines", FAMILY, "numeric",
+        "same_product_lines",
+        FAMILY,
+        "numeric",
         "Lines of this same product in the order (bracketing by size, colour or duplicates).",
-        False, "bp.n_lines",
+        False,
+        "bp.n_lines",
     ),
     FeatureSpec(
-        "same_product_sizes", FAMILY, "numeric",
+        "same_product_sizes",
+        FAMILY,
+        "numeric",
         "Different sizes of this product in the order (more than 1: size bracketing).",
-        False, "CASE WHEN l.size IS NOT NULL THEN bp.n_sizes END", requires=("order_lines.size",),
+        False,
+        "CASE WHEN l.size IS NOT NULL THEN bp.n_sizes END",
+        requires=("order_lines.size",),
     ),
     FeatureSpec(
-        "same_product_colors", FAMILY, "numeric",
+        "same_product_colors",
+        FAMILY,
+        "numeric",
         "Different colours of this product in the order (more than 1: colour bracketing).",
-        False, "CASE WHEN l.color IS NOT NULL THEN bp.n_colors END", requires=("order_lines.color",),
+        False,
+        "CASE WHEN l.color IS NOT NULL THEN bp.n_colors END",
+        requires=("order_lines.color",),
     ),
     FeatureSpec(
-        "same_category_lines", FAMILY, "numeric",
-        "Lines of the same category in the order (this one included).", False, "bc.n_lines",
+        "same_category_lines",
+        FAMILY,
+        "numeric",
+        "Lines of the same category in the order (this one included).",
+        False,
+        "bc.n_lines",
     ),
     FeatureSpec(
-        "cust_tenure_days", FAMILY, "numeric",
+        "cust_tenure_days",
+        FAMILY,
+        "numeric",
         "Days since the customer signed up (else since their first earlier order) at the order's time.",
-        True, TENURE,
+        True,
+        TENURE,
     ),
     FeatureSpec(
-        "cust_prior_orders", FAMILY, "numeric", "Orders the customer placed before this one.", True, "s.c_orders",
+        "cust_prior_orders",
+        FAMILY,
+        "numeric",
+        "Orders the customer placed before this one.",
+        True,
+        "s.c_orders",
     ),
     FeatureSpec(
-        "cust_orders_per_30d", FAMILY, "numeric",
+        "cust_orders_per_30d",
+        FAMILY,
+        "numeric",
         "Earlier orders per 30 days of tenure (tenure floored at 30 days).",
-        True, f"30.0 * s.c_orders / greatest({TENURE}, 30.0)",
+        True,
+        f"30.0 * s.c_orders / greatest({TENURE}, 30.0)",
     ),
     FeatureSpec(
-        "channel", FAMILY, "categorical", "Sales channel of the order.", False, "o.channel",
+        "channel",
+        FAMILY,
+        "categorical",
+        "Sales channel of the order.",
+        False,
+        "o.channel",
         requires=("orders.channel",),
     ),
     FeatureSpec(
-        "payment_method", FAMILY, "categorical",
-        "Payment method (invoice / pay-later makes returning cheap).", False, "o.payment_method",
+        "payment_method",
+        FAMILY,
+        "categorical",
+        "Payment method (invoice / pay-later makes returning cheap).",
+        False,
+        "o.payment_method",
         requires=("orders.payment_method",),
     ),
 ]

@@ -94,10 +94,7 @@ def assembly_sql(ctx: Context, cutoff: pd.Timestamp | None) -> str:
         cols.append(f"CAST(CASE WHEN l.first_return_ts <= {c} THEN 1 ELSE 0 END AS TINYINT) AS returned")
         cols.append(f"(l.window_end <= {c}) AS label_mature")
     joins = BASE_JOINS + [j for m in registry.FAMILY_MODULES for j in getattr(m, "JOINS", [])]
-    return (
-        f"SELECT {', '.join(cols)}\nFROM ln l\n" + "\n".join(joins)
-        + "\nWHERE l.is_target\nORDER BY l.qi"
-    )
+    return f"SELECT {', '.join(cols)}\nFROM ln l\n" + "\n".join(joins) + "\nWHERE l.is_target\nORDER BY l.qi"
 
 
 def _report(ctx: Context) -> dict[str, Any]:
@@ -159,10 +156,14 @@ def featurize_to_parquet(
     """
     with _session(tables, params) as ctx:
         t0 = time.perf_counter()
-        ctx.sql(f"COPY ({assembly_sql(ctx, cutoff)}) TO {quote(str(out_path))} (FORMAT parquet, COMPRESSION zstd)")
+        ctx.sql(
+            f"COPY ({assembly_sql(ctx, cutoff)}) TO {quote(str(out_path))} (FORMAT parquet, COMPRESSION zstd)"
+        )
         ctx.timings["assemble_write_s"] = time.perf_counter() - t0
         report = _report(ctx)
-        nulls = ", ".join(f"avg(CASE WHEN {f.name} IS NULL THEN 1.0 ELSE 0.0 END) AS {f.name}" for f in registry.FEATURES)
+        nulls = ", ".join(
+            f"avg(CASE WHEN {f.name} IS NULL THEN 1.0 ELSE 0.0 END) AS {f.name}" for f in registry.FEATURES
+        )
         row = ctx.con.execute(
             f"SELECT count(*) AS rows, avg(returned) AS r, avg(CAST(label_mature AS DOUBLE)) AS m, {nulls} "
             f"FROM read_parquet({quote(str(out_path))})"
@@ -171,7 +172,9 @@ def featurize_to_parquet(
     if row[0]:
         report["returned_rate"] = round(float(row[1]), 4)
         report["mature_share"] = round(float(row[2]), 4)
-        report["null_share"] = {f.name: round(float(v), 4) for f, v in zip(registry.FEATURES, row[3:], strict=True)}
+        report["null_share"] = {
+            f.name: round(float(v), 4) for f, v in zip(registry.FEATURES, row[3:], strict=True)
+        }
     return report
 
 

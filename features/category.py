@@ -24,14 +24,21 @@ EVENTS = [
 ]
 
 FEATURES = [
-    FeatureSpec("category", FAMILY, "categorical", "The product's merchandise category.", False, "l.category"),
     FeatureSpec(
-        "cust_category_lines", FAMILY, "numeric",
-        "The customer's resolved earlier lines in this category.",
-        True, "s.cc_res",
+        "category", FAMILY, "categorical", "The product's merchandise category.", False, "l.category"
     ),
     FeatureSpec(
-        "cust_category_return_rate", FAMILY, "numeric",
+        "cust_category_lines",
+        FAMILY,
+        "numeric",
+        "The customer's resolved earlier lines in this category.",
+        True,
+        "s.cc_res",
+    ),
+    FeatureSpec(
+        "cust_category_return_rate",
+        FAMILY,
+        "numeric",
         "The customer's earlier return rate in this category, shrunk towards their overall return rate.",
         True,
         f"((s.cc_ret + {{category_prior_weight}} * {CUSTOMER_RATE}) / (s.cc_res + {{category_prior_weight}}))",

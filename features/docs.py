@@ -47,7 +47,11 @@ def render() -> str:
                 continue
             needs = ", ".join(f.requires) or "-"
             if f.requires_any:
-                needs = (needs if needs != "-" else "") + (", " if f.requires else "") + " or ".join(f.requires_any)
+                needs = (
+                    (needs if needs != "-" else "")
+                    + (", " if f.requires else "")
+                    + " or ".join(f.requires_any)
+                )
             lines.append(
                 f"| `{f.name}` | {f.kind} | {'yes' if f.uses_customer_history else 'no'} | {needs} | {f.description} |"
             )

@@ -110,7 +110,9 @@ def _register(con: duckdb.DuckDBPyConnection, name: str, data: TableInput) -> No
     else:
         path = Path(data)
         if path.suffix.lower() != ".parquet":
-            raise ValueError(f"{path}: featurization reads Parquet paths directly; load CSV into a DataFrame first")
+            raise ValueError(
+                f"{path}: featurization reads Parquet paths directly; load CSV into a DataFrame first"
+            )
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({quote(str(path))})")
 
 
@@ -141,7 +143,9 @@ def stage(
     for name, spec in TABLES.items():
         cols = present.get(name)
         if cols is None:
-            selects = ", ".join(f"CAST(NULL AS {_sql_type(c.type, c.name, id_types)}) AS {c.name}" for c in spec.columns)
+            selects = ", ".join(
+                f"CAST(NULL AS {_sql_type(c.type, c.name, id_types)}) AS {c.name}" for c in spec.columns
+            )
             con.execute(f"CREATE OR REPLACE TEMP VIEW t_{name} AS SELECT {selects} WHERE false")
             counts[name] = 0
             continue
@@ -193,7 +197,11 @@ def _sql_type(logical: str, name: str, id_types: Mapping[str, str]) -> str:
 
 
 def _size_scale_sql() -> str:
-    rows = [f"({quote(st)}, {quote(size)}, {rank})" for st, scale in SIZE_SCALES.items() for rank, size in enumerate(scale)]
+    rows = [
+        f"({quote(st)}, {quote(size)}, {rank})"
+        for st, scale in SIZE_SCALES.items()
+        for rank, size in enumerate(scale)
+    ]
     return f"SELECT * FROM (VALUES {', '.join(rows)}) AS s(size_type, size, size_rank)"
 
 

@@ -39,7 +39,9 @@ RUNS_LARGE = (
     r"|\btoo\s+(large|big|loose|long|wide|baggy|roomy)\b|\bsize\s+down\b|\b(a|one|half)\s+size\s+(down|smaller)\b"
 )
 FIT_PROBLEM = (
-    RUNS_SMALL + "|" + RUNS_LARGE
+    RUNS_SMALL
+    + "|"
+    + RUNS_LARGE
     + r"|\b(does\s*not|doesn[o'’]?t|did\s*not|didn[o'’]?t|won[o'’]?t|not|never)\s+fit\b"
     r"|\b(poor|bad|odd|weird|strange|awkward|terrible)\s+fit\b|\bwrong\s+size\b"
     r"|\bsizing\s+(is|was)\s+(off|wrong|inconsistent)\b"
@@ -56,7 +58,9 @@ def _analyzer():
 def sentiment_scores(texts: list[str]) -> np.ndarray:
     """VADER compound score (-1..1) of each text; callers pass distinct texts (scoring is per text)."""
     analyzer = _analyzer()
-    return np.fromiter((analyzer.polarity_scores(t)["compound"] for t in texts), dtype="float64", count=len(texts))
+    return np.fromiter(
+        (analyzer.polarity_scores(t)["compound"] for t in texts), dtype="float64", count=len(texts)
+    )
 
 
 def prepare(ctx: Context) -> None:
@@ -93,9 +97,7 @@ def _flag(col: str) -> str:
     return f"CASE WHEN {col} THEN 1.0 ELSE 0.0 END"
 
 
-RUNNINGS = [
-    Running("product", name) for name in ("p_rev", "p_sent", "p_neg", "p_fit", "p_rated", "p_rating")
-]
+RUNNINGS = [Running("product", name) for name in ("p_rev", "p_sent", "p_neg", "p_fit", "p_rated", "p_rating")]
 
 EVENTS = [
     Events(
@@ -117,28 +119,48 @@ _REVIEWS = ("reviews",)
 
 FEATURES = [
     FeatureSpec(
-        "product_review_count", FAMILY, "numeric",
-        "Reviews of the product posted before the order.", False, "s.p_rev", requires=_REVIEWS,
+        "product_review_count",
+        FAMILY,
+        "numeric",
+        "Reviews of the product posted before the order.",
+        False,
+        "s.p_rev",
+        requires=_REVIEWS,
     ),
     FeatureSpec(
-        "product_sentiment_mean", FAMILY, "numeric",
+        "product_sentiment_mean",
+        FAMILY,
+        "numeric",
         "Mean VADER compound sentiment (-1..1) of the product's earlier reviews.",
-        False, "CASE WHEN s.p_rev > 0 THEN s.p_sent / s.p_rev END", requires=_REVIEWS,
+        False,
+        "CASE WHEN s.p_rev > 0 THEN s.p_sent / s.p_rev END",
+        requires=_REVIEWS,
     ),
     FeatureSpec(
-        "product_negative_share", FAMILY, "numeric",
+        "product_negative_share",
+        FAMILY,
+        "numeric",
         "Share of the product's earlier reviews with negative sentiment (compound <= negative_sentiment).",
-        False, "CASE WHEN s.p_rev > 0 THEN s.p_neg / s.p_rev END", requires=_REVIEWS,
+        False,
+        "CASE WHEN s.p_rev > 0 THEN s.p_neg / s.p_rev END",
+        requires=_REVIEWS,
     ),
     FeatureSpec(
-        "product_fit_mention_share", FAMILY, "numeric",
+        "product_fit_mention_share",
+        FAMILY,
+        "numeric",
         "Share of the product's earlier reviews that mention a fit problem (runs small/large, does not fit...).",
-        False, "CASE WHEN s.p_rev > 0 THEN s.p_fit / s.p_rev END", requires=_REVIEWS,
+        False,
+        "CASE WHEN s.p_rev > 0 THEN s.p_fit / s.p_rev END",
+        requires=_REVIEWS,
     ),
     FeatureSpec(
-        "product_rating_mean", FAMILY, "numeric",
+        "product_rating_mean",
+        FAMILY,
+        "numeric",
         "Mean star rating (1-5) of the product's earlier rated reviews.",
-        False, "CASE WHEN s.p_rated > 0 THEN s.p_rating / s.p_rated END",
+        False,
+        "CASE WHEN s.p_rated > 0 THEN s.p_rating / s.p_rated END",
         requires=("reviews", "reviews.rating"),
     ),
 ]

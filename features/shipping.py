@@ -31,8 +31,10 @@ def haversine_sql(lat1: str, lon1: str, lat2: str, lon2: str) -> str:
 def prepare(ctx: Context) -> None:
     """Per target order: distance from the warehouse to the destination and the cross-border flag."""
     ctx.con.register("centroids_src", country_centroids()[["country", "lat", "lon"]])
-    ctx.sql("CREATE OR REPLACE TEMP TABLE centroids AS SELECT CAST(country AS VARCHAR) AS country, "
-            "CAST(lat AS DOUBLE) AS lat, CAST(lon AS DOUBLE) AS lon FROM centroids_src")
+    ctx.sql(
+        "CREATE OR REPLACE TEMP TABLE centroids AS SELECT CAST(country AS VARCHAR) AS country, "
+        "CAST(lat AS DOUBLE) AS lat, CAST(lon AS DOUBLE) AS lon FROM centroids_src"
+    )
     both = "{t}.lat IS NOT NULL AND {t}.lon IS NOT NULL"
     wlat = f"CASE WHEN {both.format(t='w')} THEN w.lat ELSE wc.lat END"
     wlon = f"CASE WHEN {both.format(t='w')} THEN w.lon ELSE wc.lon END"
@@ -54,7 +56,11 @@ def prepare(ctx: Context) -> None:
 
 JOINS = ["LEFT JOIN ship sh ON sh.order_id = l.order_id"]
 
-RUNNINGS = [Running("customer", "c_deliv"), Running("customer", "c_deliv_days"), Running("customer", "c_late")]
+RUNNINGS = [
+    Running("customer", "c_deliv"),
+    Running("customer", "c_deliv_days"),
+    Running("customer", "c_late"),
+]
 
 
 def _delivery_days() -> str:
@@ -79,25 +85,39 @@ _WAREHOUSE = ("orders.warehouse_id", "warehouses")
 
 FEATURES = [
     FeatureSpec(
-        "ship_distance_km", FAMILY, "numeric",
+        "ship_distance_km",
+        FAMILY,
+        "numeric",
         "Great-circle distance from the shipping warehouse to the destination (coordinates, else country centroids).",
-        False, "sh.distance_km", requires=_WAREHOUSE,
+        False,
+        "sh.distance_km",
+        requires=_WAREHOUSE,
     ),
     FeatureSpec(
-        "cross_border", FAMILY, "numeric",
+        "cross_border",
+        FAMILY,
+        "numeric",
         "1 when the warehouse and the destination are in different countries.",
-        False, "sh.cross_border", requires=_WAREHOUSE,
+        False,
+        "sh.cross_border",
+        requires=_WAREHOUSE,
     ),
     FeatureSpec(
-        "cust_mean_delivery_days", FAMILY, "numeric",
+        "cust_mean_delivery_days",
+        FAMILY,
+        "numeric",
         "Mean delivery time (days) of the customer's earlier orders delivered before this one.",
-        True, "CASE WHEN s.c_deliv > 0 THEN s.c_deliv_days / s.c_deliv END",
+        True,
+        "CASE WHEN s.c_deliv > 0 THEN s.c_deliv_days / s.c_deliv END",
         requires=("orders.delivered_ts",),
     ),
     FeatureSpec(
-        "cust_late_delivery_share", FAMILY, "numeric",
+        "cust_late_delivery_share",
+        FAMILY,
+        "numeric",
         "Share of the customer's earlier delivered orders that took longer than late_delivery_days.",
-        True, "CASE WHEN s.c_deliv > 0 THEN s.c_late / s.c_deliv END",
+        True,
+        "CASE WHEN s.c_deliv > 0 THEN s.c_late / s.c_deliv END",
         requires=("orders.delivered_ts",),
     ),
 ]

@@ -98,37 +98,58 @@ _ON_SIZED = "CASE WHEN l.size_rank IS NOT NULL THEN {} END"
 
 FEATURES = [
     FeatureSpec(
-        "size_vs_kept_median", FAMILY, "numeric",
+        "size_vs_kept_median",
+        FAMILY,
+        "numeric",
         "Ordered size rank minus the median rank of the sizes this customer kept earlier (same size type).",
-        True, _ON_SIZED.format("l.size_rank - s.median_rank"), requires=_SIZED,
+        True,
+        _ON_SIZED.format("l.size_rank - s.median_rank"),
+        requires=_SIZED,
     ),
     FeatureSpec(
-        "size_vs_kept_mode", FAMILY, "numeric",
+        "size_vs_kept_mode",
+        FAMILY,
+        "numeric",
         "Ordered size rank minus the rank this customer kept most often (ties: the smaller size).",
-        True, _ON_SIZED.format("l.size_rank - s.mode_rank"), requires=_SIZED,
+        True,
+        _ON_SIZED.format("l.size_rank - s.mode_rank"),
+        requires=_SIZED,
     ),
     FeatureSpec(
-        "size_ever_kept", FAMILY, "numeric",
+        "size_ever_kept",
+        FAMILY,
+        "numeric",
         "1 if the customer kept this exact size before (same size type), else 0.",
         True,
         _ON_SIZED.format(
-            "CASE WHEN (CASE l.size_rank " + " ".join(f"WHEN {i} THEN s.k{i}" for i in RANKS)
+            "CASE WHEN (CASE l.size_rank "
+            + " ".join(f"WHEN {i} THEN s.k{i}" for i in RANKS)
             + " END) > 0 THEN 1.0 ELSE 0.0 END"
         ),
         requires=_SIZED,
     ),
     FeatureSpec(
-        "n_sizes_kept", FAMILY, "numeric",
+        "n_sizes_kept",
+        FAMILY,
+        "numeric",
         "How many different sizes of this size type the customer has kept.",
-        True, _ON_SIZED.format("s.n_sizes"), requires=_SIZED,
+        True,
+        _ON_SIZED.format("s.n_sizes"),
+        requires=_SIZED,
     ),
     FeatureSpec(
-        "n_items_kept_sized", FAMILY, "numeric",
+        "n_items_kept_sized",
+        FAMILY,
+        "numeric",
         "How many items of this size type the customer has kept.",
-        True, _ON_SIZED.format("s.n_kept"), requires=_SIZED,
+        True,
+        _ON_SIZED.format("s.n_kept"),
+        requires=_SIZED,
     ),
     FeatureSpec(
-        "product_size_tendency", FAMILY, "numeric",
+        "product_size_tendency",
+        FAMILY,
+        "numeric",
         "The product's fit tendency from earlier too-small/too-large returns and fit reviews (positive: runs small).",
         False,
         "CASE WHEN l.size_type IS NOT NULL AND l.size_type <> 'none' THEN "

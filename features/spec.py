@@ -28,7 +28,9 @@ class FeatureSpec:
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
-            raise ValueError(f"feature {self.name}: unknown family {self.family!r}; expected one of {FAMILIES}")
+            raise ValueError(
+                f"feature {self.name}: unknown family {self.family!r}; expected one of {FAMILIES}"
+            )
         if self.kind not in KINDS:
             raise ValueError(f"feature {self.name}: unknown kind {self.kind!r}; expected one of {KINDS}")
 

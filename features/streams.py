@@ -127,11 +127,17 @@ def _stream_by_scan(ctx: Context, spec: StreamDef, cols: Sequence[Running], body
     """
     keys = list(spec.keys)
     select = ", ".join([*keys, "kind", "qi", *(c.name for c in cols)])
-    tbl = ctx.con.sql(f"SELECT {select} FROM ({body}) u ORDER BY {', '.join(keys)}, ts, kind").to_arrow_table()
+    tbl = ctx.con.sql(
+        f"SELECT {select} FROM ({body}) u ORDER BY {', '.join(keys)}, ts, kind"
+    ).to_arrow_table()
     n = tbl.num_rows
     size = out["_n"]
     for c in cols:
-        out[c.name] = (np.full(size, np.nan), None) if c.agg == "sum" else (np.zeros(size, np.int64), np.ones(size, bool))
+        out[c.name] = (
+            (np.full(size, np.nan), None)
+            if c.agg == "sum"
+            else (np.zeros(size, np.int64), np.ones(size, bool))
+        )
     if n == 0:
         return
     new = np.zeros(n, dtype=bool)
@@ -209,6 +215,8 @@ def build_streams(
         ctx.con.register("sx0", pa.table(arrays))
     else:
         joins = " ".join(f"LEFT JOIN {t} USING (qi)" for t in stream_tables)
-        ctx.sql(f"CREATE OR REPLACE TEMP TABLE sx0 AS SELECT q.qi, {', '.join(names)} "
-                f"FROM (SELECT qi FROM ln WHERE is_target) q {joins}")
+        ctx.sql(
+            f"CREATE OR REPLACE TEMP TABLE sx0 AS SELECT q.qi, {', '.join(names)} "
+            f"FROM (SELECT qi FROM ln WHERE is_target) q {joins}"
+        )
     return "sx0"

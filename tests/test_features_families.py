@@ -53,7 +53,9 @@ def test_kept_m_twice_then_orders_l_is_plus_one():
 def test_kept_needs_the_return_window_to_have_passed():
     t = base()
     t.order(1, 1, "2024-01-01 10:00", [{"product_id": 10, "size": "M"}])
-    (before,) = t.order(2, 1, "2024-01-31 10:00", [{"product_id": 10, "size": "L"}])  # window ends exactly now
+    (before,) = t.order(
+        2, 1, "2024-01-31 10:00", [{"product_id": 10, "size": "L"}]
+    )  # window ends exactly now
     (after,) = t.order(3, 1, "2024-01-31 10:01", [{"product_id": 10, "size": "L"}])
     f = feats(t)
     assert f.loc[before, "n_items_kept_sized"] == 0.0
@@ -91,8 +93,12 @@ def test_median_of_two_sizes_and_mode_ties_take_the_smaller_size():
 def test_size_types_do_not_mix_and_unsized_lines_get_no_size_features():
     t = base()
     t.order(1, 1, "2024-01-01", [{"product_id": 20, "size": "40"}])
-    (q,) = t.order(2, 1, "2024-03-01", [{"product_id": 10, "size": "M"}, {"product_id": 20, "size": "42"},
-                                         {"product_id": 30}])[:1]
+    (q,) = t.order(
+        2,
+        1,
+        "2024-03-01",
+        [{"product_id": 10, "size": "M"}, {"product_id": 20, "size": "42"}, {"product_id": 30}],
+    )[:1]
     f = feats(t)
     lines = f[f.order_id == 2]
     alpha, shoe, none = lines.iloc[0], lines.iloc[1], lines.iloc[2]
@@ -179,10 +185,15 @@ def test_discount_basket_value_and_price_vs_last_months_category_median():
     t.customer(2)
     for i, price in enumerate((10, 20, 30, 40, 50)):
         t.order(10 + i, 2, f"2024-01-{i + 2:02d}", [{"product_id": 30, "unit_price": price}])
-    lines = t.order(1, 1, "2024-02-10", [
-        {"product_id": 30, "unit_price": 60.0, "list_price": 75.0},
-        {"product_id": 10, "unit_price": 10.0, "quantity": 2, "size": "M"},
-    ])
+    lines = t.order(
+        1,
+        1,
+        "2024-02-10",
+        [
+            {"product_id": 30, "unit_price": 60.0, "list_price": 75.0},
+            {"product_id": 10, "unit_price": 10.0, "quantity": 2, "size": "M"},
+        ],
+    )
     # a January line priced 30 keeps January's median at 30 (10, 20, 30, 30, 40, 50)
     (same_month,) = t.order(2, 1, "2024-01-20", [{"product_id": 30, "unit_price": 30.0}])
     f = feats(t)
@@ -202,8 +213,16 @@ def test_distance_from_centroids_or_coordinates_and_cross_border():
     t = base()
     t.warehouse(1, "DE").warehouse(2, "FR", 48.85, 2.35)
     (a,) = t.order(1, 1, "2024-01-01", [{"product_id": 30}], ship_country="FR", warehouse_id=1)
-    (b,) = t.order(2, 1, "2024-01-02", [{"product_id": 30}], ship_country="FR", warehouse_id=2,
-                   ship_lat=45.76, ship_lon=4.84)
+    (b,) = t.order(
+        2,
+        1,
+        "2024-01-02",
+        [{"product_id": 30}],
+        ship_country="FR",
+        warehouse_id=2,
+        ship_lat=45.76,
+        ship_lon=4.84,
+    )
     f = feats(t)
     assert f.loc[a, "ship_distance_km"] == pytest.approx(float(haversine_km(51.1, 10.4, 46.6, 2.4)[()]))
     assert f.loc[a, "cross_border"] == 1.0
@@ -265,15 +284,24 @@ def test_fit_rule(text, small, large, problem):
 
 def test_bracketing_and_basket_counts():
     t = base()
-    lines = t.order(1, 1, "2024-01-01", [
-        {"product_id": 10, "size": "M", "color": "red"},
-        {"product_id": 10, "size": "L", "color": "red"},
-        {"product_id": 11, "size": "M", "color": "blue", "quantity": 3},
-    ])
+    lines = t.order(
+        1,
+        1,
+        "2024-01-01",
+        [
+            {"product_id": 10, "size": "M", "color": "red"},
+            {"product_id": 10, "size": "L", "color": "red"},
+            {"product_id": 11, "size": "M", "color": "blue", "quantity": 3},
+        ],
+    )
     f = feats(t)
     first = f.loc[lines[0]]
     assert (first["basket_lines"], first["basket_units"]) == (3, 5)
-    assert (first["same_product_lines"], first["same_product_sizes"], first["same_product_colors"]) == (2, 2, 1)
+    assert (first["same_product_lines"], first["same_product_sizes"], first["same_product_colors"]) == (
+        2,
+        2,
+        1,
+    )
     assert first["same_category_lines"] == 3
     assert f.loc[lines[2], "same_product_sizes"] == 1 and f.loc[lines[2], "quantity"] == 3
 

@@ -29,7 +29,9 @@ def full(tables):
 
 
 def _comparable(df: pd.DataFrame) -> pd.DataFrame:
-    out = df.sort_values("line_id").set_index("line_id")[["order_id", "customer_id", "product_id", "order_ts", *NAMES]]
+    out = df.sort_values("line_id").set_index("line_id")[
+        ["order_id", "customer_id", "product_id", "order_ts", *NAMES]
+    ]
     return out.astype({c: "str" for c in CATS})
 
 
@@ -43,7 +45,9 @@ def test_scoring_path_equals_featurize_for_the_last_orders(tables, full):
     line_in_batch = tabs["order_lines"]["order_id"].isin(batch_ids)
     # the history as known when the batch is scored: nothing recorded after score_time
     history = dict(tabs)
-    known = tabs["orders"].assign(delivered_ts=tabs["orders"]["delivered_ts"].where(tabs["orders"]["delivered_ts"] <= score_time))
+    known = tabs["orders"].assign(
+        delivered_ts=tabs["orders"]["delivered_ts"].where(tabs["orders"]["delivered_ts"] <= score_time)
+    )
     history["orders"] = known[~in_batch]
     history["order_lines"] = tabs["order_lines"][~line_in_batch]
     history["returns"] = tabs["returns"][tabs["returns"]["return_ts"] <= score_time]
@@ -58,7 +62,9 @@ def test_scoring_path_equals_featurize_for_the_last_orders(tables, full):
     assert list(scored.columns) == [c for c in features.columns if c not in ("returned", "label_mature")]
     # the batch reaches back into the history: these orders do have customer history
     assert (expected["cust_prior_orders"] > 0).mean() > 0.5
-    pd.testing.assert_frame_equal(_comparable(scored), _comparable(expected), check_exact=False, rtol=1e-9, atol=1e-9)
+    pd.testing.assert_frame_equal(
+        _comparable(scored), _comparable(expected), check_exact=False, rtol=1e-9, atol=1e-9
+    )
 
 
 def test_batch_with_new_customer_and_product(tables):
@@ -68,7 +74,9 @@ def test_batch_with_new_customer_and_product(tables):
     order = tabs["orders"].iloc[:1].assign(order_id=10**9, customer_id=10**9, order_ts=pd.Timestamp(cutoff))
     line = tabs["order_lines"].iloc[:1].assign(line_id=10**9, order_id=10**9, product_id=10**9)
     out = build_features_for_batch(
-        tabs, {"customers": new_customer, "products": new_product, "orders": order, "order_lines": line}, cutoff
+        tabs,
+        {"customers": new_customer, "products": new_product, "orders": order, "order_lines": line},
+        cutoff,
     )
     row = out.iloc[0]
     assert len(out) == 1 and row["cust_prior_orders"] == 0 and row["product_resolved_lines"] == 0
@@ -88,7 +96,9 @@ def test_batch_rejects_orders_already_in_history_or_after_cutoff(tables):
 def test_scan_engine_equals_window_sql(tables, full):
     tabs, cutoff = tables
     sql, _ = build_features(tabs, cutoff, {"featurize": {"stream_method": "sql"}})
-    pd.testing.assert_frame_equal(_comparable(full[0]), _comparable(sql), check_exact=False, rtol=1e-9, atol=1e-9)
+    pd.testing.assert_frame_equal(
+        _comparable(full[0]), _comparable(sql), check_exact=False, rtol=1e-9, atol=1e-9
+    )
 
 
 def test_feature_table_shape_and_types(full):
@@ -107,7 +117,9 @@ def test_features_carry_signal_on_generated_data(full):
     """Point-in-time features must still predict: returners and fit problems show up as returns."""
     df = full[0]
     mature = df[df["label_mature"]]
-    rate = mature.groupby(pd.qcut(mature["cust_return_rate"], 4, duplicates="drop"), observed=True)["returned"].mean()
+    rate = mature.groupby(pd.qcut(mature["cust_return_rate"], 4, duplicates="drop"), observed=True)[
+        "returned"
+    ].mean()
     assert rate.iloc[-1] > rate.iloc[0] + 0.05
     sized = mature[mature["size_vs_kept_median"].notna()]
     off = sized["size_vs_kept_median"].abs() >= 1
@@ -120,10 +132,14 @@ def test_features_carry_signal_on_generated_data(full):
     ("drop", "skipped_family_features"),
     [
         ({"tables": ["reviews"]}, feature_names(["sentiment"])),
-        ({"columns": {"order_lines": ["size"], "products": ["size_type"]}},
-         [*feature_names(["size"]), "same_product_sizes"]),
-        ({"tables": ["warehouses"], "columns": {"orders": ["warehouse_id", "delivered_ts"]}},
-         feature_names(["shipping"])),
+        (
+            {"columns": {"order_lines": ["size"], "products": ["size_type"]}},
+            [*feature_names(["size"]), "same_product_sizes"],
+        ),
+        (
+            {"tables": ["warehouses"], "columns": {"orders": ["warehouse_id", "delivered_ts"]}},
+            feature_names(["shipping"]),
+        ),
     ],
 )
 def test_missing_optional_inputs_still_featurize(tables, full, drop, skipped_family_features):

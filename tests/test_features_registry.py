@@ -53,7 +53,9 @@ def test_params_yaml_featurize_section_matches_the_defaults():
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
     p = FeaturizeParams.from_params(params)
-    assert p == FeaturizeParams(**{**params["featurize"], "return_window_days": params["labels"]["return_window_days"]})
+    assert p == FeaturizeParams(
+        **{**params["featurize"], "return_window_days": params["labels"]["return_window_days"]}
+    )
     with pytest.raises(ValueError, match="unknown keys"):
         FeaturizeParams.from_params({"featurize": {"tread": 2}})
 
@@ -73,7 +75,9 @@ def test_featurize_command_end_to_end(small_generated, tmp_path):
     customers = raw / "customers.parquet"
     pd.read_parquet(customers).to_csv(raw / "customers.csv", index=False)
     customers.unlink()
-    res = CliRunner().invoke(app, ["featurize", str(raw), "--out", str(tmp_path / "features"), "--report", str(report)])
+    res = CliRunner().invoke(
+        app, ["featurize", str(raw), "--out", str(tmp_path / "features"), "--report", str(report)]
+    )
     assert res.exit_code == 0, res.output
     rep = json.loads(report.read_text())
     assert set(rep["skipped_features"]) == set(registry.feature_names(["sentiment"]))

@@ -45,18 +45,32 @@ def histories(draw):
         ]
         delivered = draw(st.one_of(st.none(), st.integers(1, 400)))
         ids = t.order(
-            oid, draw(st.integers(1, 3)), _ts(hours), lines,
-            ship_country=draw(st.sampled_from(["DE", "FR"])), warehouse_id=draw(st.sampled_from([1, 2])),
+            oid,
+            draw(st.integers(1, 3)),
+            _ts(hours),
+            lines,
+            ship_country=draw(st.sampled_from(["DE", "FR"])),
+            warehouse_id=draw(st.sampled_from([1, 2])),
             delivered=_ts(hours + delivered) if delivered else None,
-            channel="web", payment_method=draw(st.sampled_from(["card", "invoice"])),
+            channel="web",
+            payment_method=draw(st.sampled_from(["card", "invoice"])),
         )
         orders.append((oid, hours, ids))
         for line in ids:
             if draw(st.booleans()):
-                t.ret(line, _ts(hours + draw(st.integers(0, 400))), draw(st.sampled_from(["too_small", "too_large", "other"])))
+                t.ret(
+                    line,
+                    _ts(hours + draw(st.integers(0, 400))),
+                    draw(st.sampled_from(["too_small", "too_large", "other"])),
+                )
     for rid in range(draw(st.integers(0, 5))):
-        t.review(rid + 1, draw(st.integers(1, 3)), _ts(draw(st.integers(0, 1300))), draw(st.sampled_from(TEXTS)),
-                 draw(st.integers(1, 5)))
+        t.review(
+            rid + 1,
+            draw(st.integers(1, 3)),
+            _ts(draw(st.integers(0, 1300))),
+            draw(st.sampled_from(TEXTS)),
+            draw(st.integers(1, 5)),
+        )
     # far-future sentinels keep the *schema* constant (reviews and return reasons present), so that a
     # change between runs can only come from what an order may see, not from features being switched on
     t.review(97, 3, _ts(SENTINEL_H), "Fine.", 3)
@@ -73,7 +87,10 @@ def _features_of(t: Toy, order_id: int) -> pd.DataFrame:
 
 
 SETTINGS = settings(
-    max_examples=12, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: each example runs DuckDB twice
 )
 
@@ -86,7 +103,9 @@ def test_events_at_or_after_the_order_do_not_change_its_features(case, data):
     at_or_after = st.integers(hours, hours + 500).map(_ts)
     customer = int(next(o for o in t.rows["orders"] if o["order_id"] == oid)["customer_id"])
     # a new order of the same customer (possibly at the same instant) with a return and a review
-    new_ids = t.order(999, customer, data.draw(at_or_after), [{"product_id": 1, "size": "M"}, {"product_id": 3}])
+    new_ids = t.order(
+        999, customer, data.draw(at_or_after), [{"product_id": 1, "size": "M"}, {"product_id": 3}]
+    )
     t.ret(new_ids[0], _ts(hours + 600), "too_small")
     t.review(99, 1, data.draw(at_or_after), "Runs small and cheap, terrible.", 1)
     t.review(98, 3, data.draw(at_or_after), "Wonderful!", 5)
@@ -102,11 +121,18 @@ def test_events_at_or_after_the_order_do_not_change_its_features(case, data):
             line["unit_price"] = 1.0
         elif line["order_id"] != oid and data.draw(st.booleans()):
             t.ret(line["line_id"], data.draw(at_or_after), "too_large")
-    t.rows["returns"] = [r for r in t.rows["returns"] if r["return_ts"] < T0 + pd.Timedelta(hours=hours)
-                         or r["return_ts"] == T0 + pd.Timedelta(hours=SENTINEL_H)
-                         or data.draw(st.booleans())]  # drop some later returns
-    t.rows["reviews"] = [r for r in t.rows["reviews"] if r["review_ts"] < T0 + pd.Timedelta(hours=hours)
-                         or r["review_id"] >= 98 or data.draw(st.booleans())]
+    t.rows["returns"] = [
+        r
+        for r in t.rows["returns"]
+        if r["return_ts"] < T0 + pd.Timedelta(hours=hours)
+        or r["return_ts"] == T0 + pd.Timedelta(hours=SENTINEL_H)
+        or data.draw(st.booleans())
+    ]  # drop some later returns
+    t.rows["reviews"] = [
+        r
+        for r in t.rows["reviews"]
+        if r["review_ts"] < T0 + pd.Timedelta(hours=hours) or r["review_id"] >= 98 or data.draw(st.booleans())
+    ]
     for o in t.rows["orders"]:  # deliveries not yet made at the order's time land (later) at or after it
         undelivered = pd.isna(o["delivered_ts"]) or o["delivered_ts"] >= T0 + pd.Timedelta(hours=hours)
         if o["order_id"] != oid and undelivered and data.draw(st.booleans()):
@@ -133,8 +159,11 @@ def test_removing_earlier_events_changes_the_features_that_count_them(case):
     assert (more["cust_returns"] == before["cust_returns"] + 1).all()
     assert (more["cust_returned_value"] == before["cust_returned_value"] + 20.0).all()
     assert (more["cust_days_since_last_return"] <= 39).all()
-    on_1 = [i for i, line in zip(more.index, more.index, strict=True)
-            if next(x for x in t.rows["order_lines"] if x["line_id"] == line)["product_id"] == 1]
+    on_1 = [
+        i
+        for i, line in zip(more.index, more.index, strict=True)
+        if next(x for x in t.rows["order_lines"] if x["line_id"] == line)["product_id"] == 1
+    ]
     assert (more.loc[on_1, "product_review_count"] == before.loc[on_1, "product_review_count"] + 1).all()
     # removing them again restores the original features exactly
     t.rows["orders"] = [o for o in t.rows["orders"] if o["order_id"] != 500]

@@ -23,7 +23,9 @@ def table_inputs(folder: Path) -> dict[str, Any]:
     return out
 
 
-def run_featurize(validated: Path, out: Path, report_path: Path | None, params: dict[str, Any]) -> dict[str, Any]:
+def run_featurize(
+    validated: Path, out: Path, report_path: Path | None, params: dict[str, Any]
+) -> dict[str, Any]:
     """Featurize `validated` into out/features.parquet (atomically); write and return the report."""
     import tempfile
     import time
@@ -55,8 +57,12 @@ def run_featurize(validated: Path, out: Path, report_path: Path | None, params: 
 def register(app: typer.Typer) -> None:
     @app.command("featurize")
     def featurize(
-        validated: Path = typer.Argument(None, help="Folder of validated tables + meta.json (default: paths.validated)."),
-        out: Path = typer.Option(None, "--out", help="Output folder for features.parquet (default: paths.features)."),
+        validated: Path = typer.Argument(
+            None, help="Folder of validated tables + meta.json (default: paths.validated)."
+        ),
+        out: Path = typer.Option(
+            None, "--out", help="Output folder for features.parquet (default: paths.features)."
+        ),
         report: Path = typer.Option(
             None, "--report", help="Where to write the JSON report (default: paths.metrics/featurize.json)."
         ),
@@ -77,7 +83,9 @@ def register(app: typer.Typer) -> None:
         validated = validated or path_of("validated", params)
         out = out or path_of("features", params)
         report = report or path_of("metrics", params) / "featurize.json"
-        with console.status(f"featurizing {validated} (DuckDB, {params.get('featurize', {}).get('threads', 2)} threads)"):
+        with console.status(
+            f"featurizing {validated} (DuckDB, {params.get('featurize', {}).get('threads', 2)} threads)"
+        ):
             rep = run_featurize(Path(validated), Path(out), Path(report), params)
         t = Table(title=f"featurize: {rep['rows']:,} order lines -> {rep['output']}")
         t.add_column("step")
