@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rows", type=int, default=1_000_000, help="about this many order lines")
     ap.add_argument("--data", type=Path, help="reuse/keep generated data here (default: a temp folder)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--memory-limit", default="6GB")
+    ap.add_argument("--memory-limit", default="4GB")
     ap.add_argument(
         "--batch-rows", type=int, default=0, help="also time the scoring path for this many lines"
     )

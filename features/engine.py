@@ -41,7 +41,7 @@ class FeaturizeParams:
 
     return_window_days: int = 30
     threads: int = 2
-    memory_limit: str = "6GB"
+    memory_limit: str = "4GB"
     temp_directory: str | None = None
     prior_return_rate: float = 0.2
     population_prior_weight: float = 200.0
