@@ -234,3 +234,158 @@ def test_product_history_would_explain_the_defect_away():
     leaky = D.cross_fitted_expectation(frame, usable, SPECS, FAST, seed=3)
     cells = D.cell_tests(frame.assign(p_expected=leaky), ["product_id"], FAST).set_index("product_id")
     assert cells.loc[list(range(6)), "flagged"].sum() <= 2
+
+
+# ---------------------------------------------------------------- reason tests
+def test_leave_product_out_share_matches_hand_computation():
+    # products 0,1 in category 0; product 2 in category 1
+    hit = np.array([1, 0, 1, 1, 0, 0, 1], dtype=float)
+    trials = np.ones(7)
+    product = np.array([0, 0, 1, 1, 1, 2, 2])
+    group = np.array([0, 0, 0, 0, 0, 1, 1])
+    s = D.leave_product_out_share(hit, trials, product, group, prior_weight=0.0)
+    # product 0: category 0 without it = 2 hits / 3 trials; product 1: 1 / 2; product 2: alone -> overall
+    assert s[0] == pytest.approx(2 / 3) and s[2] == pytest.approx(1 / 2)
+    # product 2's category has no other product: the share of every other product (3 / 5)
+    assert s[5] == pytest.approx(3 / 5)
+    shrunk = D.leave_product_out_share(hit, trials, product, group, prior_weight=3.0)
+    # (2 + 3 * overall) / (3 + 3), overall without product 0 = 3 hits / 5 trials
+    assert shrunk[0] == pytest.approx((2 + 3 * 3 / 5) / 6)
+
+
+def _reason_lines(
+    seed: int = 0, n_products: int = 40, per_product: int = 100, planted: bool = True
+) -> pd.DataFrame:
+    """Every product returns 30 % of its lines (as expected); reasons split 20 % too_small, 20 % too_large,
+    10 % quality, the rest changed_mind. When `planted`, product 0 runs small: 65 % of its returns are
+    too_small, at the same return rate, so the rate test cannot see it."""
+    rng = np.random.default_rng(seed)
+    pid = np.repeat(np.arange(n_products), per_product)
+    returned = (rng.random(len(pid)) < 0.3).astype(np.int8)
+    reasons = np.array(["too_small", "too_large", "quality", "changed_mind"])
+    r = reasons[rng.choice(4, len(pid), p=[0.2, 0.2, 0.1, 0.5])]
+    small = (pid == 0) & planted
+    r[small] = reasons[rng.choice(4, small.sum(), p=[0.65, 0.05, 0.05, 0.25])]
+    return pd.DataFrame(
+        {
+            "product_id": pid,
+            "category": np.where(pid % 2 == 0, "tops", "jeans"),
+            "returned": returned,
+            "p_expected": 0.3,
+            "reason": pd.Series(r, dtype="string").where(returned == 1),
+        }
+    )
+
+
+def test_planted_too_small_excess_is_found_and_typed_runs_small():
+    lines = _reason_lines()
+    cells = D.diagnose_cells(lines, P)
+    prod = cells[cells["level"] == "product"]
+    flagged = prod[prod["flagged"]]
+    assert set(flagged["product_id"]) == {0}
+    assert flagged["test"].tolist() == ["runs_small"]
+    assert flagged["finding"].tolist() == ["runs small"] and "size chart" in flagged["action"].iloc[0]
+    # the rate test alone misses it: the return rate is normal
+    rate0 = prod[(prod["product_id"] == 0) & (prod["test"] == D.RATE_TEST)].iloc[0]
+    assert not rate0["flagged"]
+    fp = D.flagged_products(cells)
+    assert fp[["product_id", "finding"]].values.tolist() == [[0, "runs small"]]
+    # Benjamini-Hochberg ran over every product-level test together (4 tests x 40 products)
+    q = D.benjamini_hochberg(prod["pvalue"].to_numpy())
+    np.testing.assert_allclose(np.sort(prod["qvalue"].to_numpy()), np.sort(q))
+
+
+def test_reason_test_expectation_is_line_probability_times_category_share_of_other_products():
+    lines = _reason_lines()
+    rt = D.reason_tests(lines, P).set_index(["product_id", "test"])
+    other = lines[(lines["category"] == "tops") & (lines["product_id"] != 2) & (lines["returned"] == 1)]
+    share = (other["reason"] == "too_small").mean()  # prior_weight 20 pulls it toward all other products
+    everyone = lines[(lines["product_id"] != 2) & (lines["returned"] == 1)]
+    overall = (everyone["reason"] == "too_small").mean()
+    shrunk = (share * len(other) + 20 * overall) / (len(other) + 20)
+    assert rt.loc[(2, "runs_small"), "expected"] == pytest.approx(100 * 0.3 * shrunk)
+    own = lines[(lines["product_id"] == 2) & (lines["reason"] == "too_small")]
+    assert rt.loc[(2, "runs_small"), "observed"] == len(own)
+    assert np.isnan(rt.loc[(2, "runs_small"), "review_observed"])  # no reviews given
+
+
+def test_normal_reasons_are_not_flagged_and_no_reasons_means_rate_tests_only():
+    lines = _reason_lines(planted=False)
+    assert not D.diagnose_cells(lines, P)["flagged"].any()
+    no_reason = _reason_lines().assign(reason=pd.Series(pd.NA, dtype="string"))
+    assert not D.has_reasons(no_reason)
+    cells = D.diagnose_cells(no_reason, P)
+    assert set(cells["test"]) == {D.RATE_TEST}
+    m = D.summary_metrics(cells, no_reason)
+    assert m["reason_tests_run"] == 0.0 and m["findings.runs_small"] == 0.0
+
+
+def test_review_marks_fit_rule_and_negative_rating():
+    reviews = pd.DataFrame(
+        {
+            "product_id": [1, 1, 2, 2],
+            "rating": [1, 5, None, 3],
+            "text": ["Runs a bit small, size up.", "Perfect, love it", "Way too big", None],
+        }
+    )
+    m = D.review_marks(reviews, negative_rating=2)
+    assert m["runs_small"].tolist() == [True, False, False, False]
+    assert m["runs_large"].tolist() == [False, False, True, False]
+    assert m["negative"].tolist()[:2] == [True, False] and pd.isna(m["negative"].iloc[2])
+    assert m["negative"].iloc[3] is np.False_ or not m["negative"].iloc[3]
+
+
+def test_reviews_add_evidence_to_the_reason_test():
+    lines = _reason_lines(planted=False)
+    # product 0's returns are ordinary, but 20 of its 30 reviews say it runs small (others: 1 in 10)
+    pids = np.concatenate([np.zeros(30, dtype=int), np.repeat(np.arange(1, 40), 10)])
+    text = np.where(np.arange(len(pids)) % 10 == 0, "runs small", "lovely")
+    text[:20], text[20:30] = "runs small", "lovely"
+    reviews = D.review_marks(pd.DataFrame({"product_id": pids, "rating": 4, "text": text}), negative_rating=2)
+    without = D.reason_tests(lines, P).set_index(["product_id", "test"])
+    with_rv = D.reason_tests(lines, P, reviews).set_index(["product_id", "test"])
+    row = with_rv.loc[(0, "runs_small")]
+    assert row["review_observed"] == 20
+    # 30 reviews x the share among the other products of its category (tops: 19 x 10 reviews, 19 marked)
+    shrunk = (19 + 20 * 39 / 390) / (190 + 20)
+    assert row["review_expected"] == pytest.approx(30 * shrunk)
+    assert row["observed"] == without.loc[(0, "runs_small"), "observed"] + 20
+    assert row["expected"] == pytest.approx(without.loc[(0, "runs_small"), "expected"] + 30 * shrunk)
+    assert row["pvalue"] < 1e-3 and without.loc[(0, "runs_small"), "pvalue"] > 0.05
+    cells = D.diagnose_cells(lines, P, reviews)
+    assert cells.loc[cells["flagged"], ["product_id", "test"]].values.tolist() == [[0, "runs_small"]]
+    no_reviews = D.DiagnoseParams(min_lines=20, use_reviews=False)
+    assert D.reason_tests(lines, no_reviews, reviews)["review_observed"].isna().all()
+
+
+def test_reason_test_params_are_checked():
+    with pytest.raises(ValueError, match="unknown test"):
+        D.DiagnoseParams(reason_tests={"colour_off": ("other",)})
+    with pytest.raises(ValueError, match="unknown reason"):
+        D.DiagnoseParams(reason_tests={"quality": ("broken",)})
+    p = D.DiagnoseParams.from_params(
+        {"diagnose": {"reason_tests": {"quality": ["quality", "not_as_described"]}, "use_reviews": False}}
+    )
+    assert p.reason_tests == {"quality": ("quality", "not_as_described")} and not p.use_reviews
+
+
+def test_typed_recall_against_the_truth():
+    cells = pd.DataFrame(
+        {
+            "level": ["product"] * 6,
+            "product_id": [1, 2, 3, 1, 2, 3],
+            "test": [D.RATE_TEST] * 3 + ["runs_small", "runs_small", "quality"],
+            "n_lines": [50] * 6,
+            "qvalue": [0.01, 0.5, 0.5, 0.001, 0.01, 0.02],
+            "flagged": [True, False, False, True, True, True],
+        }
+    )
+    truth = pd.DataFrame({"product_id": [1, 2, 3], "size_bias": [-1, 0, 1], "quality": [0.9, 0.9, 0.2]})
+    m = D.evaluate_against_truth(cells, truth, quality_threshold=0.4, min_lines=30)
+    assert m["runs_small.recall"] == 1.0 and m["runs_small.n_flagged"] == 2
+    assert m["runs_small.false_share"] == 0.5  # product 2 has no size bias
+    assert m["runs_large.recall"] == 0.0 and m["quality.recall"] == 1.0
+    assert m["recall"] == 1.0 and m["false_discovery_share"] == pytest.approx(1 / 3)
+    fp = D.flagged_products(cells.assign(size=None, color=None, observed=1, expected=1.0, ratio=1.0))
+    # the most specific finding first: product 1 is "runs small" (and excess returns)
+    assert fp.set_index("product_id").loc[1, "findings"] == "runs small, excess returns"
