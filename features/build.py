@@ -198,16 +198,23 @@ def merge_tables(
 
 
 def build_features_for_batch(
-    history: Mapping[str, pd.DataFrame | None],
+    history: Mapping[str, pd.DataFrame | None] | None,
     batch: Mapping[str, pd.DataFrame | None],
     cutoff: Any = None,
     params: Any = None,
+    *,
+    state: Any = None,
 ) -> pd.DataFrame:
     """Features for the batch's order lines (no labels), as `build_features` would give them.
 
     `batch` holds at least `orders` and `order_lines` of the new orders (and any new customers or
     products); `history` the canonical tables known at scoring time. `cutoff` (the scoring time) is
     accepted for symmetry and checked: no batch order may be dated after it.
+
+    `state` (features.state.HistoryState, as of a time no later than every batch order) stands in for the
+    history: the history's events are then not re-read (`history` may be None). Without one, a state is
+    built from `history` as of the batch's first order; batches that redefine a history product, or a
+    history given as file paths, take the direct route (the same SQL over history + batch).
     """
     if batch.get("orders") is None or batch.get("order_lines") is None:
         raise ValueError("batch: needs the `orders` and `order_lines` tables of the orders to score")
@@ -218,14 +225,35 @@ def build_features_for_batch(
             raise ValueError(
                 f"batch orders: order_ts after the cutoff {cutoff} (first order_id {late['order_id'].iloc[0]!r})"
             )
+    history = history or {}
     if history.get("orders") is not None:
         clash = history["orders"]["order_id"].isin(orders["order_id"])
         if clash.any():
             raise ValueError(
                 f"batch orders: order_id {history['orders']['order_id'][clash].iloc[0]!r} is already in the history"
             )
+    from features import state as st
+
+    if state is None and _state_applies(history, batch):
+        state = st.build_state(history, pd.to_datetime(orders["order_ts"]).min(), params)
+    if state is not None:
+        return st.featurize_batch(state, batch, params)
+    if not history:
+        raise ValueError("build_features_for_batch: needs the history tables or a history state")
     merged = merge_tables(history, batch)
     target = pd.DataFrame({"order_id": orders["order_id"].drop_duplicates()})
     with _session(merged, params, target_orders=target) as ctx:
         df = to_frame(ctx.con.sql(assembly_sql(ctx, None)).to_arrow_table())
     return df
+
+
+def _state_applies(history: Mapping[str, Any], batch: Mapping[str, pd.DataFrame | None]) -> bool:
+    """The state route needs in-memory history tables, batch orders, and no history product redefined."""
+    if not len(batch["orders"]) or pd.to_datetime(batch["orders"]["order_ts"]).isna().any():
+        return False
+    if not all(v is None or isinstance(v, pd.DataFrame) for v in history.values()):
+        return False
+    if history.get("orders") is None or history.get("order_lines") is None:
+        return False
+    products, new = history.get("products"), batch.get("products")
+    return not (products is not None and new is not None and new["product_id"].isin(products["product_id"]).any())

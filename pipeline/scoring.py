@@ -12,6 +12,10 @@ Why it is shaped like this:
   one, so basket features always see every line of an order. Assumption (README): the lines of an order are
   contiguous in the export; a line whose order was already scored in an earlier chunk is rejected.
   `orders`, `customers` and `products` of the export are read whole (they are small next to the lines).
+* **History state, not history re-reads.** The history's events are aggregated once per key
+  (`features.state.HistoryState`, as of the export's first order, or loaded precomputed) and each chunk is
+  featurized from that state plus the rows that still produce events (`features.state`): the work per
+  chunk follows the chunk, not the history.
 * **Exactness across chunks.** Chunk k is featurized against the history plus chunks 1..k-1 (their orders
   and lines are events: earlier orders, deliveries). When the export is in time order (a checkout export
   is) this equals scoring the whole export at once; an order's features only see events before it.
@@ -525,14 +529,19 @@ def score_export(
     scored_at: pd.Timestamp | None = None,
     as_of: pd.Timestamp | None = None,
     progress: Callable[[int], None] | None = None,
+    state: Any = None,
 ) -> ScoreResult:
     """Validate, featurize, predict and explain every order line of `export`; write output + rejects atomically.
 
     `history`: the validated tables (features' events, foreign-key targets). `params`: the whole params dict
     (its `validate`, `featurize` and `labels` sections are used). `as_of`: orders dated later are rejected
-    (default: scored_at). Raises ScoringError / ContractError on table-level problems (nothing written).
+    (default: scored_at). `state`: a `features.state.HistoryState` of `history` (e.g. loaded from
+    `--state`); when absent, or later than a chunk's first order, one is built from `history` as of that
+    order and reused for the following chunks. Raises ScoringError / ContractError on table-level problems
+    (nothing written).
     """
     from features.build import build_features_for_batch
+    from features.state import build_state
     from models.explain import explain_lines
     from pipeline.validation import validate_tables
 
@@ -584,6 +593,7 @@ def score_export(
         # new customers / products: validated once; rows of keys the history already has are left out
         t0 = time.perf_counter()
         ref = dict(hist)
+        new_entities: dict[str, pd.DataFrame] = {}
         for name in ("customers", "products"):
             raw = raw_small.get(name)
             if raw is None or len(raw) == 0:
@@ -605,6 +615,7 @@ def score_export(
             new = clean.loc[~known]
             if len(new):
                 ref[name] = pd.concat([hist[name], new], ignore_index=True)
+                new_entities[name] = new.reset_index(drop=True)
         orders_raw = raw_small["orders"].reset_index(drop=True)
         if "order_id" not in orders_raw.columns:
             raise ScoringError(
@@ -690,11 +701,22 @@ def score_export(
             orders_used = orders.loc[orders["order_id"].isin(lines["order_id"]).to_numpy()].reset_index(
                 drop=True
             )
-            feat_hist = dict(ref)
-            feat_hist["orders"] = _concat(ref["orders"], *done_orders)
-            feat_hist["order_lines"] = _concat(ref["order_lines"], *done_lines)
+            first = pd.Timestamp(orders_used["order_ts"].min())
+            if state is None or first < state.as_of:
+                # the history's aggregates as of this chunk's first order (kept for the next chunks)
+                t1 = time.perf_counter()
+                state = build_state(hist, first, fparams)
+                timings["state_s"] = timings.get("state_s", 0.0) + time.perf_counter() - t1
+            chunk_state = (
+                state.with_rows({"orders": _concat(*done_orders), "order_lines": _concat(*done_lines)})
+                if done_orders
+                else state
+            )
             feats = build_features_for_batch(
-                feat_hist, {"orders": orders_used, "order_lines": lines}, params=fparams
+                None,
+                {"orders": orders_used, "order_lines": lines, **new_entities},
+                params=fparams,
+                state=chunk_state,
             )
             pos = pd.Index(feats["line_id"]).get_indexer(lines["line_id"])
             if (pos < 0).any():  # cannot happen: every valid line has its order and product
