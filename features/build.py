@@ -256,4 +256,6 @@ def _state_applies(history: Mapping[str, Any], batch: Mapping[str, pd.DataFrame 
     if history.get("orders") is None or history.get("order_lines") is None:
         return False
     products, new = history.get("products"), batch.get("products")
-    return not (products is not None and new is not None and new["product_id"].isin(products["product_id"]).any())
+    return not (
+        products is not None and new is not None and new["product_id"].isin(products["product_id"]).any()
+    )

@@ -160,7 +160,9 @@ class HistoryState:
             raise FileNotFoundError(f"{spec_file}: missing; a state folder is written by HistoryState.save")
         spec = json.loads(spec_file.read_text(encoding="utf-8"))
         if spec.get("version") != STATE_VERSION:
-            raise ValueError(f"{spec_file}: state version {spec.get('version')} != {STATE_VERSION}; rebuild it")
+            raise ValueError(
+                f"{spec_file}: state version {spec.get('version')} != {STATE_VERSION}; rebuild it"
+            )
         return cls(
             as_of=pd.Timestamp(spec["as_of"]),
             params=FeaturizeParams(**spec["params"]),
@@ -265,11 +267,16 @@ def build_state(
             FROM ln WHERE order_ts < {month}
             GROUP BY category, date_trunc('month', order_ts) ORDER BY category, month
         """).to_arrow_table()
-        lines_needed = con.sql(f"""
+        lines_needed = (
+            con.sql(f"""
             SELECT line_id FROM ln
             WHERE window_end >= {T} OR order_ts >= {month}
                OR line_id IN (SELECT line_id FROM ret WHERE return_ts >= {T})
-        """).to_arrow_table().column(0).to_pandas()
+        """)
+            .to_arrow_table()
+            .column(0)
+            .to_pandas()
+        )
         available = frozenset(ctx.available)
     finally:
         con.close()
@@ -288,7 +295,9 @@ def build_state(
         # every return of a pending line (first-return order), and returns of lines not in the history
         # (they can only belong to batch lines)
         rl = returns["line_id"]
-        pending["returns"] = returns.loc[(rl.isin(p_lines["line_id"]) | ~rl.isin(lines["line_id"])).to_numpy()]
+        pending["returns"] = returns.loc[
+            (rl.isin(p_lines["line_id"]) | ~rl.isin(lines["line_id"])).to_numpy()
+        ]
     reviews = tables.get("reviews")
     if reviews is not None:
         pending["reviews"] = reviews.loc[(pd.to_datetime(reviews["review_ts"]) >= t).to_numpy()]

@@ -54,7 +54,9 @@ def _comparable(df: pd.DataFrame) -> pd.DataFrame:
 def _assert_same(got: pd.DataFrame, full: pd.DataFrame) -> None:
     want = full[full["line_id"].isin(got["line_id"])]
     assert len(got) == len(want) > 0
-    pd.testing.assert_frame_equal(_comparable(got), _comparable(want), check_exact=False, rtol=1e-9, atol=1e-9)
+    pd.testing.assert_frame_equal(
+        _comparable(got), _comparable(want), check_exact=False, rtol=1e-9, atol=1e-9
+    )
 
 
 def test_state_path_equals_featurize_over_a_long_batch(tables, full, split):
