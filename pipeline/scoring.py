@@ -279,6 +279,42 @@ def n_lines_hint(path: Path) -> int | None:
     return None
 
 
+def load_or_build_state(
+    folder: Path, history_dir: Path, history: Mapping[str, pd.DataFrame], params: Mapping[str, Any]
+) -> tuple[Any, bool]:
+    """(HistoryState of the history folder as of its meta.json cutoff, whether it was built now).
+
+    The state in `folder` is reused when its fingerprint (content hash of the history's table files and
+    meta.json, the featurize params, the cutoff) matches; otherwise it is built and saved there atomically.
+    """
+    from dataclasses import asdict
+
+    from features.engine import FeaturizeParams
+    from features.state import STATE_FILE, STATE_VERSION, HistoryState, build_state, fingerprint_files
+    from pipeline.io import find_table_file, read_meta
+
+    fparams = {"featurize": dict(params.get("featurize") or {}), "labels": dict(params.get("labels") or {})}
+    cutoff = pd.Timestamp(read_meta(history_dir)["cutoff"])
+    files = [f for name in TABLES if (f := find_table_file(history_dir, name)) is not None]
+    fp = fingerprint_files(
+        [*files, Path(history_dir) / "meta.json"],
+        {
+            "v": STATE_VERSION,
+            "as_of": cutoff.isoformat(),
+            "params": asdict(FeaturizeParams.from_params(fparams)),
+        },
+    )
+    folder = Path(folder)
+    if (folder / STATE_FILE).is_file():
+        with contextlib.suppress(ValueError, OSError, KeyError):  # unreadable or old: rebuilt below
+            state = HistoryState.load(folder)
+            if state.fingerprint == fp:
+                return state, False
+    state = build_state(history, cutoff, fparams, fingerprint=fp)
+    state.save(folder)
+    return state, True
+
+
 # ---------------------------------------------------------------------------------------------- writing
 class StreamWriter:
     """Writes frames of a fixed schema into a hidden temporary file; `commit` renames it over the target.

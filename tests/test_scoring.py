@@ -199,6 +199,46 @@ def test_new_customer_and_new_product_are_scored(small_project, sample, tmp_path
     assert df["reason_1"].notna().all()
 
 
+def test_precomputed_state_is_built_once_then_loaded_and_scores_the_same(small_project, tmp_path):
+    """`--state`: new checkout orders after the history's cutoff, scored from a saved history state."""
+    from pipeline.io import read_meta
+    from pipeline.scoring import read_tables
+
+    validated = small_project.path("validated")
+    hist = read_tables(validated)
+    cutoff = pd.Timestamp(read_meta(validated)["cutoff"])
+    # 40 orders of known customers, re-placed after the cutoff (new ids), spread over 45 days
+    src = hist["orders"].sort_values("order_ts").tail(40).reset_index(drop=True)
+    oid0, lid0 = int(hist["orders"]["order_id"].max()) + 1, int(hist["order_lines"]["line_id"].max()) + 1
+    new_ids = dict(zip(src["order_id"], range(oid0, oid0 + len(src)), strict=True))
+    orders = src.assign(
+        order_id=src["order_id"].map(new_ids),
+        order_ts=cutoff + pd.to_timedelta(np.arange(len(src)) * 27, unit="h"),
+        delivered_ts=pd.NaT,
+    )
+    lines = hist["order_lines"][hist["order_lines"]["order_id"].isin(new_ids)].copy()
+    lines["order_id"] = lines["order_id"].map(new_ids)
+    lines = lines.sort_values("order_id", kind="stable")
+    lines["line_id"] = np.arange(lid0, lid0 + len(lines))
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    orders.to_parquet(exp / "orders.parquet", index=False)
+    lines.to_parquet(exp / "order_lines.parquet", index=False)
+    state_dir = tmp_path / "state"
+    late = ["--as-of", str(cutoff + pd.Timedelta(days=60)), "--reasons", "0"]
+    first = score_cli(small_project, exp, tmp_path / "a.parquet", "--state", str(state_dir), *late)
+    assert first.exit_code == 0, first.output
+    assert "history state built" in first.output and (state_dir / "state.json").is_file()
+    again = score_cli(small_project, exp, tmp_path / "b.parquet", "--state", str(state_dir), *late)
+    assert again.exit_code == 0 and "history state loaded" in again.output
+    plain = score_cli(small_project, exp, tmp_path / "c.parquet", *late)
+    assert plain.exit_code == 0, plain.output
+    a, b, c = (pd.read_parquet(tmp_path / f"{x}.parquet") for x in "abc")
+    assert len(a) == len(lines) > 40
+    pd.testing.assert_frame_equal(a, b)
+    pd.testing.assert_frame_equal(a, c, check_exact=False, rtol=0, atol=1e-12)
+
+
 # ------------------------------------------------------------------------------------------ bad input
 @pytest.fixture(scope="module")
 def bad_export(sample, tmp_path_factory):

@@ -102,6 +102,12 @@ def register(app: typer.Typer) -> None:
         ),
         as_of: str = typer.Option(None, help="Orders dated after this are rejected (default scored_at)."),
         metrics: Path = typer.Option(None, help="Also write the run summary as JSON here."),
+        state: Path = typer.Option(
+            None,
+            help="History state folder (features/state.py): the history's aggregates as of its cutoff, "
+            "loaded when it matches the history's content, else built and saved there. Without it the run "
+            "builds one in memory (as of the export's first order).",
+        ),
     ) -> None:
         """Score a batch export of new orders: per order line the calibrated return probability, a risk band
         from the model's cost-based threshold (high >= threshold, medium >= score.medium_share x threshold),
@@ -121,6 +127,7 @@ def register(app: typer.Typer) -> None:
             ScoreSettings,
             ScoringError,
             export_files,
+            load_or_build_state,
             n_lines_hint,
             read_tables,
             resolve_model,
@@ -146,6 +153,14 @@ def register(app: typer.Typer) -> None:
             abuse = Abuse.load(None if no_flags else (flags or path_of("flags", params)))
             served, name, version = resolve_model(model)
             hist = read_tables(Path(hist_dir))
+            history_state = None
+            if state is not None:
+                history_state, built = load_or_build_state(state, Path(hist_dir), hist, params)
+                console.print(
+                    f"history state {'built' if built else 'loaded'}: {state} (as of {history_state.as_of})",
+                    soft_wrap=True,
+                    markup=False,
+                )
             total = n_lines_hint(export_files(export)["order_lines"])
             with Progress(
                 TextColumn("scoring"),
@@ -169,6 +184,7 @@ def register(app: typer.Typer) -> None:
                     scored_at=pd.Timestamp(scored_at) if scored_at else None,
                     as_of=pd.Timestamp(as_of) if as_of else None,
                     progress=lambda n: bar.advance(task, n),
+                    state=history_state,
                 )
         except (ScoringError, ContractError, TableFileError, FileNotFoundError, ValueError) as exc:
             console.print(f"score: {exc}", soft_wrap=True, markup=False, style="red")
