@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-LINES_PER_CUSTOMER = 12.3  # generator default sizes: 245k lines from 20k customers over 18 months
+LINES_PER_ORDER = 2.05  # generator: 1 + min(Poisson(mean_extra_lines=1), 5) lines per order
 
 
 def _emit(name: str, value: float, unit: str) -> None:
@@ -54,7 +54,8 @@ def _data(rows: int, history_rows: int, seed: int):
     params = load_params()
     gen = dict(params.get("generate", {}))
     opts = {k: v for k, v in gen.items() if k not in ("n_customers", "n_products", "months", "start")}
-    customers = max(200, int((rows + history_rows) / LINES_PER_CUSTOMER))
+    per_customer = float(gen.get("orders_per_customer", 6.0)) * LINES_PER_ORDER
+    customers = max(200, int((rows + history_rows) / per_customer))
     data = generate(customers, max(50, customers // 10), int(gen.get("months", 18)), seed, **opts)
     orders = data.tables["orders"].sort_values("order_ts", kind="stable")
     per_order = data.tables["order_lines"].groupby("order_id").size()

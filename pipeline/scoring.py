@@ -107,12 +107,24 @@ def hold_back_last_order(chunk: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFram
     """Split a lines chunk into (complete orders, the trailing run of lines of its last order)."""
     if len(chunk) == 0 or "order_id" not in chunk.columns:
         return chunk, chunk.iloc[:0]
-    ids = chunk["order_id"].astype("string").to_numpy(dtype=object, na_value=None)
-    last = ids[-1]
+    ids = chunk["order_id"]
+
+    def key(i: int) -> str | None:  # ids compared as text (CSV and Parquet alike); only the tail is read
+        v = ids.iloc[i]
+        return None if pd.isna(v) else str(v)
+
+    last = key(len(ids) - 1)
     i = len(ids) - 1
-    while i > 0 and ids[i - 1] == last:
+    while i > 0 and key(i - 1) == last:
         i -= 1
     return chunk.iloc[:i], chunk.iloc[i:]
+
+
+def _same_ids(values: pd.Series, keys: pd.Series) -> np.ndarray:
+    """values.isin(keys) with ids compared as text; integer columns compare directly (same result, faster)."""
+    if pd.api.types.is_integer_dtype(values.dtype) and pd.api.types.is_integer_dtype(keys.dtype):
+        return values.isin(pd.unique(keys.to_numpy())).to_numpy()
+    return values.astype("string").isin(pd.unique(keys.astype("string"))).to_numpy()
 
 
 def whole_order_chunks(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame]]:
@@ -657,7 +669,6 @@ def score_export(
             raise ScoringError(
                 f"{files['orders']}: column 'order_id' is missing; rule: required column of orders"
             )
-        order_key = orders_raw["order_id"].astype("string")
         tick("validate_s", t0)
 
         done_orders: list[pd.DataFrame] = []
@@ -678,7 +689,7 @@ def score_export(
                 raise ScoringError(
                     f"{files['order_lines']}: column 'order_id' is missing; rule: required column of order_lines"
                 )
-            want = order_key.isin(pd.unique(lines_raw["order_id"].astype("string"))).to_numpy() & ~used_orders
+            want = _same_ids(orders_raw["order_id"], lines_raw["order_id"]) & ~used_orders
             used_orders |= want
             order_rows = np.flatnonzero(want)
             chunk_ref = dict(ref)
@@ -759,7 +770,8 @@ def score_export(
                 raise RuntimeError(
                     f"features missing for line {lines['line_id'].iloc[int(np.argmax(pos < 0))]!r}"
                 )
-            feats = feats.iloc[pos].reset_index(drop=True)
+            if not np.array_equal(pos, np.arange(len(pos))):  # features come in (order_ts, line_id) order
+                feats = feats.iloc[pos].reset_index(drop=True)
             tick("features_s", t0)
 
             t0 = time.perf_counter()
@@ -801,7 +813,7 @@ def score_export(
                 tick("reasons_s", t0)
             frame["model_name"] = model_name
             frame["model_version"] = model_version
-            frame["scored_at"] = pd.Series([scored_at] * len(frame), dtype="datetime64[us]")
+            frame["scored_at"] = np.full(len(frame), np.datetime64(scored_at.to_datetime64(), "us"))
             t0 = time.perf_counter()
             out.write(frame)
             tick("write_s", t0)
