@@ -18,6 +18,8 @@ BENCHMARKS: list[tuple[str, list[str]]] = [
     ("featurize", ["--rows", "300000"]),
     ("train", ["--rows", "200000"]),
     ("score", ["--rows", "200000", "--reasons-rows", "10000"]),
+    ("explain", ["--rows", "200000", "--sample", "20000", "--grid", "63:-1:0.1,15:5:0.1,4:2:0.2"]),
+    ("review", ["--rows", "50000", "--repeat", "5"]),
 ]
 
 
