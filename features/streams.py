@@ -117,61 +117,243 @@ def _stream_by_windows(ctx: Context, table: str, spec: StreamDef, cols: Sequence
     """)
 
 
-def _stream_by_scan(ctx: Context, spec: StreamDef, cols: Sequence[Running], body: str, out: dict) -> None:
-    """The fast evaluation: DuckDB sorts the union, numpy runs segmented scans (one pass per column).
+def _event_sql(spec: StreamDef, cols: Sequence[Running], evs: Sequence[Events]) -> str | None:
+    """Event rows only (no query rows, not grouped: the scan handles ties); None when no events."""
+    if not evs:
+        return None
+    columns: dict[str, str] = {k: "NULL" for k in spec.keys}
+    columns["ts"] = "NULL"
+    columns.update({c.name: c.default for c in cols})
+    agg = {c.name: c for c in cols}
+    parts = [
+        {
+            "ts": e.ts,
+            **{k: k for k in spec.keys},
+            **{c: (f"CAST({v} AS DOUBLE)" if agg[c].agg == "sum" else v) for c, v in e.values.items()},
+        }
+        for e in evs
+    ]
+    return f"SELECT * FROM ({union_all(parts, columns, [e.source for e in evs])}) e WHERE ts IS NOT NULL"
 
-    DuckDB evaluates every window aggregate separately (~0.2 us per row and aggregate here), which
-    made 36 running columns the bottleneck; the sort is shared and a segmented cumulative sum is a few
-    ns per row. Results are scattered by qi into arrays aligned with the output rows, so no join is
-    needed to bring them back. Equality with the window SQL is tested (tests/test_features_parity.py).
+
+def _key_codes(
+    query_keys: Sequence[pa.ChunkedArray], event_keys: Sequence[pa.ChunkedArray]
+) -> tuple[np.ndarray, int]:
+    """One int64 group code per row (queries first, then events) for the stream's key tuple, and the code count.
+
+    Integer keys with a modest range use value - min (no hashing); others are dictionary-encoded. NULL
+    is one key value of its own (as in SQL PARTITION BY). Codes only need to group equal keys: their
+    order is irrelevant because results are scattered back by qi.
+    """
+    code = np.zeros(len(query_keys[0]) + len(event_keys[0]), np.int64)
+    n_codes = 1
+    for qk, ek in zip(query_keys, event_keys, strict=True):
+        if qk.type != ek.type:
+            try:
+                qk = qk.cast(ek.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                qk, ek = qk.cast(pa.large_string()), ek.cast(pa.large_string())
+        arr = pa.chunked_array(qk.chunks + ek.chunks, type=qk.type).combine_chunks()
+        c, n = _codes_of(arr)
+        if n_codes * n >= 2**40:  # keep room for the timestamp bits: re-densify the combined code
+            c, n = _codes_of(pa.array(code * n + c))
+            code, n_codes = c, n
+        else:
+            code, n_codes = code * n + c, n_codes * n
+    return code, n_codes
+
+
+def _codes_of(arr: pa.Array) -> tuple[np.ndarray, int]:
+    if pa.types.is_integer(arr.type) and len(arr):
+        lo, hi = pc.min(arr).as_py(), pc.max(arr).as_py()
+        if lo is not None and hi - lo < 2**32:
+            null = hi - lo + 1
+            vals = pc.fill_null(arr, lo).to_numpy(zero_copy_only=False).astype(np.int64) - lo
+            if arr.null_count:
+                vals[arr.is_null().to_numpy(zero_copy_only=False)] = null
+            return vals, null + 1
+    enc = arr.dictionary_encode(null_encoding="encode")
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), max(1, len(enc.dictionary))
+
+
+def _argsort(keys: np.ndarray, threads: int) -> np.ndarray:
+    """np.argsort, split at a sampled pivot into `threads` parts sorted concurrently (numpy sorts without the GIL)."""
+    n = len(keys)
+    if threads <= 1 or n < 1_000_000:
+        return np.argsort(keys)
+    sample = np.sort(keys[:: max(1, n // 10_000)])
+    pivots = np.unique(sample[[len(sample) * i // threads for i in range(1, threads)]])
+    part = np.searchsorted(pivots, keys, side="right")
+    idx = [np.flatnonzero(part == i) for i in range(len(pivots) + 1)]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(idx)) as pool:
+        orders = list(pool.map(lambda ix: np.argsort(keys[ix]), idx))
+    return np.concatenate([ix[o] for ix, o in zip(idx, orders, strict=True)])
+
+
+def merge_order(
+    g: np.ndarray, n_groups: int, t: np.ndarray, kind: np.ndarray, threads: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """The permutation sorting rows by (g, t, kind), and g in that order.
+
+    One int64 sort key when it fits, else an exact fallback. t is in microseconds. The key packs g above
+    t and kind (queries, kind 0, before events at the same instant). When g and the time range need more
+    than 63 bits, the low bits of t are dropped for the sort and the result is checked: rows whose
+    coarse keys tie must already be in exact (t, kind) order, else np.lexsort sorts exactly (slow, but
+    only on data with distinct timestamps of one key closer than the dropped bits).
+    """
+    if len(t) == 0:
+        return np.zeros(0, np.int64), g[:0]
+    rel = t - t.min()
+    gbits = max(1, int(n_groups - 1).bit_length())
+    tbits = int(rel.max()).bit_length() + 1
+    if gbits + tbits <= 63:
+        perm = _argsort((g << tbits) | (rel << 1) | kind, threads)
+        return perm, g[perm]
+    shift = gbits + tbits - 63
+    perm = _argsort((g << (63 - gbits)) | ((rel >> shift) << 1) | kind, threads)
+    gs, tk = g[perm], (rel << 1 | kind)[perm]
+    tie = gs[1:] == gs[:-1]
+    tie &= (tk[1:] >> (shift + 1)) == (tk[:-1] >> (shift + 1))
+    tie &= tk[1:] < tk[:-1]
+    if tie.any():
+        perm = np.lexsort((kind, rel, g))
+        return perm, g[perm]
+    return perm, gs
+
+
+def _integral(v: np.ndarray, buf: np.ndarray) -> bool:
+    """True when every value is a whole number and the running sum fits int32 (exact as int32 counts)."""
+    np.rint(v, out=buf)
+    np.subtract(buf, v, out=buf)
+    if buf.any():
+        return False
+    np.abs(v, out=buf)
+    return bool(buf.sum() < 2**31)
+
+
+def _stream_by_scan(
+    ctx: Context, spec: StreamDef, cols: Sequence[Running], evs: Sequence[Events], out: dict
+) -> None:
+    """The fast evaluation: query rows from ln, event rows from DuckDB, merged and scanned in numpy.
+
+    DuckDB evaluates every window aggregate separately (~0.2 us per row and aggregate), and sorting the
+    union with its payload (or grouping the events by key and time) in DuckDB spilled at 10M lines; here
+    one int64 key per row is sorted (one sort per stream), events are prefix-summed in merged order as
+    one row-major matrix, and each query reads its group's sums before it (prefix at its position minus
+    prefix at its group's start). "last" / "first" take the latest / earliest event with a value (the
+    max / min value among events at that same instant, as the window SQL's max / min). Results are
+    scattered by qi into arrays aligned with the output rows, so no join brings them back. Counting
+    columns (whole-number event values) come back as int32, others as float64. Equality with the window
+    SQL is tested (tests/test_features_parity.py).
     """
     keys = list(spec.keys)
-    select = ", ".join([*keys, "kind", "qi", *(c.name for c in cols)])
-    tbl = ctx.con.sql(
-        f"SELECT {select} FROM ({body}) u ORDER BY {', '.join(keys)}, ts, kind"
-    ).to_arrow_table()
-    n = tbl.num_rows
     size = out["_n"]
-    for c in cols:
-        out[c.name] = (
-            (np.full(size, np.nan), None)
-            if c.agg == "sum"
-            else (np.zeros(size, np.int64), np.ones(size, bool))
-        )
-    if n == 0:
+    sums = [c for c in cols if c.agg == "sum"]
+    others = [c for c in cols if c.agg != "sum"]
+    for c in others:
+        out[c.name] = (np.zeros(size, np.int64), np.ones(size, bool))
+    q = ctx.con.sql(f"SELECT qi, {', '.join(keys)}, ts FROM ({spec.queries}) q").to_arrow_table()
+    ev_sql = _event_sql(spec, cols, evs)
+    e = ctx.con.sql(ev_sql).to_arrow_table() if ev_sql else None
+    nq = q.num_rows
+    ne = 0 if e is None else e.num_rows
+    qi = q.column("qi").to_numpy().astype(np.int64)
+    if nq == 0 or ne == 0:
+        for c in sums:
+            v = np.full(size, np.nan)
+            v[qi] = 0.0
+            out[c.name] = (v, None)
         return
-    new = np.zeros(n, dtype=bool)
+    g, n_groups = _key_codes([q.column(k) for k in keys], [e.column(k) for k in keys])
+    t = np.concatenate([_micros(q.column("ts")), _micros(e.column("ts"))])
+    del q
+    kind = np.zeros(nq + ne, np.int64)
+    kind[nq:] = 1
+    perm, gs = merge_order(g, n_groups, t, kind, int(ctx.params.threads))
+    del g, kind
+    n = nq + ne
+    is_q = perm < nq
+    new = np.empty(n, bool)
     new[0] = True
-    for k in keys:
-        col = tbl.column(k).combine_chunks()
-        diff = pc.fill_null(pc.not_equal(col.slice(1), col.slice(0, n - 1)), True)
-        new[1:] |= diff.to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(new)
-    pid = np.cumsum(new) - 1
-    q = np.flatnonzero(pc.equal(tbl.column("kind"), 0).to_numpy(zero_copy_only=False))
-    qpid = pid[q]
-    qi = tbl.column("qi").take(q).to_numpy(zero_copy_only=False).astype(np.int64)
-    for c in cols:
-        col = tbl.column(c.name).combine_chunks()
-        if c.agg == "sum":
-            v = pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False)
-            cs = np.cumsum(v)
-            base = cs[starts] - v[starts]
-            out[c.name][0][qi] = cs[q] - base[qpid]
-            continue
-        valid = col.is_valid().to_numpy(zero_copy_only=False)
-        v = pc.fill_null(col.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)
-        rows = np.arange(n)
-        if c.agg == "last":
-            idx = np.maximum.accumulate(np.where(valid, rows, -1))[q]
-            ok = idx >= starts[qpid]
-        else:
-            first = np.minimum.reduceat(np.where(valid, rows, n), starts)[qpid]
-            idx, ok = np.minimum(first, n - 1), first <= q
-        values, mask = out[c.name]
-        values[qi] = v[np.maximum(idx, 0)]
-        mask[qi] = ~ok
+    np.not_equal(gs[1:], gs[:-1], out=new[1:])
+    ge = gs[perm >= nq] if others else None
+    del gs
+    # events before each sorted position, and before the start of its group
+    ev_before = np.arange(n, dtype=np.int64)
+    ev_before -= np.cumsum(is_q)
+    ev_before += is_q
+    q_pos = np.flatnonzero(is_q)
+    start = np.where(new, np.arange(n), 0)
+    np.maximum.accumulate(start, out=start)
+    hi = ev_before[q_pos]
+    lo = ev_before[start[q_pos]]
+    del ev_before, start, new
+    qrow = qi[perm[q_pos]]
+    ev_order = perm[~is_q]
+    ev_order -= nq
+    del perm, is_q, q_pos
+    te = t[nq:][ev_order]
+    del t
+    for c in others:
+        col = e.column(c.name).combine_chunks()
         out[f"_type_{c.name}"] = col.type
+        valid = col.is_valid().to_numpy(zero_copy_only=False)[ev_order]
+        vals = pc.fill_null(col.cast(pa.int64()), 0).to_numpy(zero_copy_only=False)[ev_order]
+        # runs of events at the same key and instant: their max / min stands for the run
+        run = np.empty(ne, bool)
+        run[0] = True
+        run[1:] = (te[1:] != te[:-1]) | (ge[1:] != ge[:-1])
+        run_starts = np.flatnonzero(run)
+        run_id = np.cumsum(run) - 1
+        rows = np.arange(ne)
+        if c.agg == "last":
+            best = np.maximum.reduceat(np.where(valid, vals, np.iinfo(np.int64).min), run_starts)
+            last = np.maximum.accumulate(np.where(valid, rows, -1))
+            idx = np.where(hi > 0, last[np.maximum(hi - 1, 0)], -1)
+            ok = (idx >= lo) & (idx >= 0)
+        else:
+            best = np.minimum.reduceat(np.where(valid, vals, np.iinfo(np.int64).max), run_starts)
+            nxt = np.minimum.accumulate(np.where(valid, rows, ne)[::-1])[::-1]
+            idx = np.where(lo < ne, nxt[np.minimum(lo, ne - 1)], ne)
+            ok = idx < hi
+        values, mask = out[c.name]
+        values[qrow] = best[run_id[np.clip(idx, 0, ne - 1)]]
+        mask[qrow] = ~ok
+    del te, ge
+    if not sums:
+        return
+    buf = np.empty(ne)
+    integral, mat = [], np.zeros((ne + 1, len(sums)))
+    for j, c in enumerate(sums):
+        v = pc.fill_null(e.column(c.name), 0.0).to_numpy(zero_copy_only=False)
+        integral.append(_integral(v, buf))
+        mat[1:, j] = v
+    del e, buf, v
+    mat[1:] = np.take(mat[1:], ev_order, axis=0)
+    del ev_order
+    np.cumsum(mat, axis=0, out=mat)
+    res = mat[hi]
+    res -= mat[lo]
+    del mat
+    for j, c in enumerate(sums):
+        if integral[j]:
+            v = np.zeros(size, np.int32)
+            mask = np.ones(size, bool)
+            v[qrow] = np.rint(res[:, j])
+            mask[qrow] = False
+            out[c.name] = (v, mask)
+            out[f"_type_{c.name}"] = pa.int32()
+        else:
+            v = np.full(size, np.nan)
+            v[qrow] = res[:, j]
+            out[c.name] = (v, None)
+
+
+def _micros(col: pa.ChunkedArray) -> np.ndarray:
+    """A TIMESTAMP column as int64 microseconds since the epoch."""
+    return col.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy(zero_copy_only=False)
 
 
 def build_streams(
@@ -195,11 +377,10 @@ def build_streams(
         if unknown:
             raise ValueError(f"stream {name}: events set undeclared columns {sorted(unknown)}")
         t0 = time.perf_counter()
-        body = _union_sql(spec, cols, evs)
         if method == "scan":
-            _stream_by_scan(ctx, spec, cols, body, out)
+            _stream_by_scan(ctx, spec, cols, evs, out)
         else:
-            _stream_by_windows(ctx, f"s_{name}", spec, cols, body)
+            _stream_by_windows(ctx, f"s_{name}", spec, cols, _union_sql(spec, cols, evs))
             stream_tables.append(f"s_{name}")
         ctx.timings[f"stream_{name}_s"] = time.perf_counter() - t0
     names = [r.name for r in runnings]
