@@ -318,9 +318,10 @@ def build_state(
 
 
 # ------------------------------------------------------------------------------------------------ batch
-def _after(e: Events, T: str) -> Events:
-    """The same events restricted to those dated at or after T (earlier ones are in the summary)."""
-    return replace(e, source=f"FROM (SELECT * {e.source}) ev_src WHERE ({e.ts}) >= {T}")
+def _after(e: Events, T: str, end: str) -> Events:
+    """The same events restricted to [T, end): earlier ones are in the summary, and no batch order (the
+    last is at `end`) sees an event dated at or after its own time."""
+    return replace(e, source=f"FROM (SELECT * {e.source}) ev_src WHERE ({e.ts}) >= {T} AND ({e.ts}) < {end}")
 
 
 def _replace_pop(ctx: Context, T: str) -> None:
@@ -405,7 +406,9 @@ def batch_session(
         _replace_pop(ctx, T)
         _replace_cat_month(ctx, T)
         runnings, events = family_streams(p)
-        events = [_after(e, T) for e in events]
+        last = pd.to_datetime(orders["order_ts"]).max()
+        end = _ts_sql(pd.Timestamp(last)) if pd.notna(last) else T
+        events = [_after(e, T, end) for e in events]
         before = _ts_sql(state.as_of - pd.Timedelta(microseconds=1))
         for name, summary in state.streams.items():
             cols = [r.name for r in runnings if r.stream == name]

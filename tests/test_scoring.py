@@ -406,3 +406,16 @@ def test_exported_model_folder_scores_like_the_registry_model(small_project, tmp
     assert (name, version) == (reg_name, reg_version) and version.isdigit()
     frame = pd.read_parquet(small_project.path("features") / "features.parquet").tail(200)
     np.testing.assert_array_equal(served.predict_proba(frame), reg.predict_proba(frame))
+
+
+def test_column_major_predict_equals_the_artifact(small_project):
+    """The scorer's column-major encoding predicts exactly what ReturnModel.predict_proba does."""
+    from models.artifact import ReturnModel
+    from pipeline.scoring import predict_proba
+
+    model = ReturnModel.load(small_project.path("model"))
+    frame = pd.read_parquet(small_project.path("features") / "features.parquet").tail(3000)
+    got = predict_proba(model, frame)
+    np.testing.assert_array_equal(got, model.predict_proba(frame))
+    assert len(np.unique(got)) > 100
+    assert len(predict_proba(model, frame.iloc[:0])) == 0

@@ -145,3 +145,12 @@ def test_state_summaries_are_one_row_per_key(split):
     assert np.all(np.diff(state.pop_daily.column("d").to_numpy()) > np.timedelta64(0))
     months = state.cat_month.column("month").to_pandas()
     assert (months < t.to_period("M").to_timestamp()).all()
+
+
+def test_empty_batch_gives_no_rows(split):
+    history, batch, t = split
+    state = build_state(history, t)
+    out = featurize_batch(
+        state, {"orders": batch["orders"].iloc[:0], "order_lines": batch["order_lines"].iloc[:0]}
+    )
+    assert len(out) == 0 and "cust_return_rate" in out.columns
