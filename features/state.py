@@ -430,7 +430,11 @@ def featurize_batch(
     state: HistoryState, batch: Mapping[str, pd.DataFrame | None], params: Any = None
 ) -> pd.DataFrame:
     """The batch's feature rows (keys + registry features, no labels) from the state: `build_features` parity."""
-    from features.build import assembly_sql, to_frame
+    from features.build import _in_qi_order, _order_targets, assembly_sql, to_frame
 
     with batch_session(state, batch, params) as ctx:
-        return to_frame(ctx.con.sql(assembly_sql(ctx, None)).to_arrow_table())
+        _order_targets(ctx)  # the full path's assembly: targets stored in qi order, no final sort
+        table = ctx.con.sql(assembly_sql(ctx, None, ordered_targets=True)).to_arrow_table()
+        if not _in_qi_order(table.column("order_ts"), table.column("line_id")):
+            table = table.sort_by([("order_ts", "ascending"), ("line_id", "ascending")])
+        return to_frame(table)
