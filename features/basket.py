@@ -22,22 +22,25 @@ def prepare(ctx: Context) -> None:
     """Order-level, order x product and order x category line counts for the target orders."""
     ctx.sql("""
         CREATE OR REPLACE TEMP TABLE bo AS
-        SELECT order_id, count(*) AS n_lines, sum(quantity) AS n_units,
+        SELECT order_id, min(order_ts) AS order_ts, count(*) AS n_lines, sum(quantity) AS n_units,
                sum(quantity * unit_price) AS basket_value
         FROM ln WHERE is_target GROUP BY order_id
     """)
     ctx.sql("""
         CREATE OR REPLACE TEMP TABLE bp AS
-        SELECT order_id, product_id, count(*) AS n_lines,
+        SELECT order_id, product_id, min(order_ts) AS order_ts, count(*) AS n_lines,
                count(DISTINCT size) AS n_sizes, count(DISTINCT color) AS n_colors
         FROM ln WHERE is_target GROUP BY order_id, product_id
     """)
     ctx.sql("""
         CREATE OR REPLACE TEMP TABLE bc AS
-        SELECT order_id, category, count(*) AS n_lines
+        SELECT order_id, category, min(order_ts) AS order_ts, count(*) AS n_lines
         FROM ln WHERE is_target GROUP BY order_id, category
     """)
 
+
+#: Per-order tables (with the order's order_ts), read per order_ts range by the chunked assembly.
+ORDER_TABLES = ["bo", "bp", "bc"]
 
 JOINS = [
     "LEFT JOIN bo ON bo.order_id = l.order_id",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -86,10 +87,7 @@ def assembly_sql(ctx: Context, cutoff: pd.Timestamp | None, *, ordered_targets: 
     """The final SELECT: keys, every registry feature (all-null when its inputs are missing), labels.
 
     Default: over `ln`, stream results joined by qi, rows sorted by qi. `ordered_targets` (the
-    full-history path): over `lt` (the target lines stored in qi order, see
-    `_order_targets`) and no final sort: every join probes with `lt`, and DuckDB's hash-join probe keeps
-    the probe side's order (checked after the fact by the callers, which sort only if it did not). A
-    POSITIONAL JOIN of the stream results was measured slower than the hash join on qi.
+    full-history path, `assembled_chunks`): over `lt` and `sxt` (see `_order_targets`), no ORDER BY.
     """
     values = asdict(ctx.params)
     skipped = registry.skipped(ctx.available)
@@ -104,18 +102,27 @@ def assembly_sql(ctx: Context, cutoff: pd.Timestamp | None, *, ordered_targets: 
         cols.append(f"(l.window_end <= {c}) AS label_mature")
     joins = BASE_JOINS + [j for m in registry.FAMILY_MODULES for j in getattr(m, "JOINS", [])]
     if ordered_targets:
+        joins = ["LEFT JOIN sxt s ON s.qi = l.qi", *joins[1:]]
         return f"SELECT {', '.join(cols)}\nFROM lt l\n" + "\n".join(joins)
     return f"SELECT {', '.join(cols)}\nFROM ln l\n" + "\n".join(joins) + "\nWHERE l.is_target\nORDER BY l.qi"
 
 
 def _order_targets(ctx: Context) -> None:
-    """Store the target lines in qi order as `lt` for the assembly, and drop `ln` (no longer needed).
+    """Store the target lines (`lt`) in qi order and the stream results as a table (`sxt`); free the rest.
 
-    Sorting these narrow rows once is what lets the wide assembly skip its final ORDER BY, which
-    spilled at 10M lines (features x rows).
+    Sorting the narrow line rows once lets the assembly read them by qi range and skip a final ORDER BY
+    of the wide result (which spilled at 10M lines). Tables only the streams read (ln, ret, rv) and the
+    stream arrays held in Python are dropped, so the assembly's joins get DuckDB's memory.
     """
     ctx.sql("CREATE OR REPLACE TEMP TABLE lt AS SELECT * FROM ln WHERE is_target ORDER BY qi")
-    ctx.sql("DROP TABLE ln")
+    # scan streams: sx0 is Arrow arrays indexed by qi (already in order); window streams: a joined table
+    order = "" if ctx.params.stream_method == "scan" else " ORDER BY qi"
+    ctx.sql(f"CREATE OR REPLACE TEMP TABLE sxt AS SELECT * FROM sx{order}")
+    ctx.sql("DROP VIEW IF EXISTS sx")
+    for table in ("ln", "ret", "rv", "review_text"):
+        ctx.sql(f"DROP TABLE IF EXISTS {table}")
+    if ctx.params.stream_method == "scan":
+        ctx.con.unregister("sx0")
 
 
 def _in_qi_order(order_ts: Any, line_id: Any) -> bool:
@@ -126,6 +133,46 @@ def _in_qi_order(order_ts: Any, line_id: Any) -> bool:
     i1, i0 = line_id.slice(1), line_id.slice(0, len(line_id) - 1)
     ok = pc.or_(pc.greater(t1, t0), pc.and_(pc.equal(t1, t0), pc.greater(i1, i0)))
     return bool(pc.all(ok).as_py())
+
+
+#: Parquet row group size of the feature table (rows).
+ROW_GROUP_ROWS = 262_144
+
+
+def _chunk_bounds(ctx: Context) -> list[tuple[int, int, str, str]]:
+    """Target-line ranges [a, b) of about assembly_chunk_rows lines, with their first and last order_ts."""
+    n = int(ctx.counts.get("target_lines", 0))
+    step = max(1, int(ctx.params.assembly_chunk_rows))
+    cuts = [(a, min(n, a + step)) for a in range(0, n, step)] or [(0, 0)]
+    wanted = sorted({q for a, b in cuts for q in (a, max(a, b - 1))})
+    ts = dict(
+        ctx.con.execute(
+            f"SELECT qi, CAST(order_ts AS VARCHAR) FROM lt WHERE qi IN ({', '.join(map(str, wanted))})"
+        ).fetchall()
+    )
+    return [(a, b, ts.get(a, "infinity"), ts.get(max(a, b - 1), "-infinity")) for a, b in cuts]
+
+
+def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
+    """The feature table (Arrow) in qi order, one chunk of target lines after another.
+
+    A single query over 10M lines made DuckDB buffer the whole wide result to keep its row order
+    (spilling several GB). Per chunk, `lt`/`sxt` are read by qi range and the per-order tables
+    (`ORDER_TABLES` of the families, plus `ord`) only over the chunk's order_ts range, so every hash
+    table and buffer is a chunk's worth. Rows come back sorted by (order_ts, line_id) = qi: checked,
+    and sorted in memory if DuckDB ever returned a chunk out of order.
+    """
+    _order_targets(ctx)
+    sql = assembly_sql(ctx, cutoff, ordered_targets=True)
+    tables = ["ord", *(t for m in registry.FAMILY_MODULES for t in getattr(m, "ORDER_TABLES", []))]
+    for a, b, lo, hi in _chunk_bounds(ctx):
+        ctes = [f"{t} AS (SELECT * FROM temp.main.{t} WHERE qi >= {a} AND qi < {b})" for t in ("lt", "sxt")]
+        between = f"order_ts BETWEEN TIMESTAMP {quote(lo)} AND TIMESTAMP {quote(hi)}"
+        ctes += [f"{t} AS (SELECT * FROM temp.main.{t} WHERE {between})" for t in tables]
+        table = ctx.con.sql(f"WITH {', '.join(ctes)}\n{sql}").to_arrow_table()
+        if not _in_qi_order(table.column("order_ts"), table.column("line_id")):
+            table = table.sort_by([("order_ts", "ascending"), ("line_id", "ascending")])
+        yield table
 
 
 def _report(ctx: Context) -> dict[str, Any]:
@@ -160,11 +207,8 @@ def build_features(
     """
     with _session(tables, params) as ctx:
         t0 = time.perf_counter()
-        _order_targets(ctx)
-        table = ctx.con.sql(assembly_sql(ctx, cutoff, ordered_targets=True)).to_arrow_table()
-        if not _in_qi_order(table.column("order_ts"), table.column("line_id")):
-            table = table.sort_by([("order_ts", "ascending"), ("line_id", "ascending")])
-        df = to_frame(table)
+        chunks = list(assembled_chunks(ctx, cutoff))
+        df = to_frame(pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0])
         ctx.timings["assemble_s"] = time.perf_counter() - t0
         report = _report(ctx)
     report.update(_summary(df))
@@ -184,21 +228,23 @@ def _summary(df: pd.DataFrame) -> dict[str, Any]:
 def featurize_to_parquet(
     tables: Mapping[str, TableInput | None], cutoff: Any, out_path: Path | str, params: Any = None
 ) -> dict[str, Any]:
-    """The same table as `build_features`, streamed by DuckDB straight into Parquet (no pandas copy).
+    """The same table as `build_features`, written chunk by chunk into Parquet (no pandas copy).
 
-    For large histories: the rows never pass through Python, so peak memory is DuckDB's (memory_limit).
-    The caller renames the file into place (atomic writes live in pipeline.io).
+    For large histories: one chunk of rows (featurize.assembly_chunk_rows) is in memory at a time, next
+    to DuckDB's own (memory_limit). The caller renames the file into place (atomic writes live in
+    pipeline.io).
     """
     with _session(tables, params) as ctx:
         t0 = time.perf_counter()
-        _order_targets(ctx)
-        copy = f"TO {quote(str(out_path))} (FORMAT parquet, COMPRESSION zstd)"
-        ctx.sql(f"COPY ({assembly_sql(ctx, cutoff, ordered_targets=True)}) {copy}")
-        written = pq.read_table(str(out_path), columns=["order_ts", "line_id"])
-        if not _in_qi_order(written.column("order_ts"), written.column("line_id")):
-            # DuckDB changed a join's probe side: sort after all (slow; not seen so far)
-            ctx.sql(f"COPY ({assembly_sql(ctx, cutoff, ordered_targets=True)} ORDER BY l.qi) {copy}")
-            ctx.counts["assembly_resorted"] = 1
+        writer = None
+        try:
+            for chunk in assembled_chunks(ctx, cutoff):
+                if writer is None:
+                    writer = pq.ParquetWriter(str(out_path), chunk.schema, compression="zstd")
+                writer.write_table(chunk.cast(writer.schema), row_group_size=ROW_GROUP_ROWS)
+        finally:
+            if writer is not None:
+                writer.close()
         ctx.timings["assemble_write_s"] = time.perf_counter() - t0
         report = _report(ctx)
         nulls = ", ".join(

@@ -52,7 +52,8 @@ class FeaturizeParams:
     late_delivery_days: float = 7.0
     negative_sentiment: float = -0.05
     category_median_min_lines: int = 5
-    stream_method: str = "scan"  # "scan" (DuckDB sort + numpy segmented scans) or "sql" (window functions)
+    stream_method: str = "scan"  # "scan" (numpy merge + segmented scans) or "sql" (window functions)
+    assembly_chunk_rows: int = 1_000_000  # target lines assembled (and held in memory) at a time
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | FeaturizeParams | None) -> FeaturizeParams:

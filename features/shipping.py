@@ -42,7 +42,7 @@ def prepare(ctx: Context) -> None:
     dlon = "CASE WHEN o.ship_lat IS NOT NULL AND o.ship_lon IS NOT NULL THEN o.ship_lon ELSE dc.lon END"
     ctx.sql(f"""
         CREATE OR REPLACE TEMP TABLE ship AS
-        SELECT o.order_id,
+        SELECT o.order_id, o.order_ts,
                {haversine_sql(wlat, wlon, dlat, dlon)} AS distance_km,
                CASE WHEN w.country IS NULL OR o.ship_country IS NULL THEN NULL
                     WHEN w.country <> o.ship_country THEN 1.0 ELSE 0.0 END AS cross_border
@@ -53,6 +53,9 @@ def prepare(ctx: Context) -> None:
         WHERE o.is_target
     """)
 
+
+#: Per-order table (with order_ts), read per order_ts range by the chunked assembly.
+ORDER_TABLES = ["ship"]
 
 JOINS = ["LEFT JOIN ship sh ON sh.order_id = l.order_id"]
 
