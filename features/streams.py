@@ -145,8 +145,7 @@ def _key_codes(
     is one key value of its own (as in SQL PARTITION BY). Codes only need to group equal keys: their
     order is irrelevant because results are scattered back by qi.
     """
-    code = np.zeros(len(query_keys[0]) + len(event_keys[0]), np.int64)
-    n_codes = 1
+    code, n_codes = None, 1
     for qk, ek in zip(query_keys, event_keys, strict=True):
         if qk.type != ek.type:
             try:
@@ -155,11 +154,16 @@ def _key_codes(
                 qk, ek = qk.cast(pa.large_string()), ek.cast(pa.large_string())
         arr = pa.chunked_array(qk.chunks + ek.chunks, type=qk.type).combine_chunks()
         c, n = _codes_of(arr)
-        if n_codes * n >= 2**40:  # keep room for the timestamp bits: re-densify the combined code
-            c, n = _codes_of(pa.array(code * n + c))
+        del arr
+        if code is None:
             code, n_codes = c, n
+        elif n_codes * n >= 2**40:  # keep room for the timestamp bits: re-densify the combined code
+            code, n_codes = _codes_of(pa.array(code * n + c))
         else:
-            code, n_codes = code * n + c, n_codes * n
+            code *= n
+            code += c
+            n_codes *= n
+    assert code is not None
     return code, n_codes
 
 
@@ -168,7 +172,7 @@ def _codes_of(arr: pa.Array) -> tuple[np.ndarray, int]:
         lo, hi = pc.min(arr).as_py(), pc.max(arr).as_py()
         if lo is not None and hi - lo < 2**32:
             null = hi - lo + 1
-            vals = pc.fill_null(arr, lo).to_numpy(zero_copy_only=False).astype(np.int64) - lo
+            vals = np.subtract(pc.fill_null(arr, lo).to_numpy(zero_copy_only=False), lo, dtype=np.int64)
             if arr.null_count:
                 vals[arr.is_null().to_numpy(zero_copy_only=False)] = null
             return vals, null + 1
@@ -223,16 +227,6 @@ def merge_order(
     return perm, gs
 
 
-def _integral(v: np.ndarray, buf: np.ndarray) -> bool:
-    """True when every value is a whole number and the running sum fits int32 (exact as int32 counts)."""
-    np.rint(v, out=buf)
-    np.subtract(buf, v, out=buf)
-    if buf.any():
-        return False
-    np.abs(v, out=buf)
-    return bool(buf.sum() < 2**31)
-
-
 def _stream_by_scan(
     ctx: Context, spec: StreamDef, cols: Sequence[Running], evs: Sequence[Events], out: dict
 ) -> None:
@@ -269,7 +263,7 @@ def _stream_by_scan(
     g, n_groups = _key_codes([q.column(k) for k in keys], [e.column(k) for k in keys])
     t = np.concatenate([_micros(q.column("ts")), _micros(e.column("ts"))])
     del q
-    kind = np.zeros(nq + ne, np.int64)
+    kind = np.zeros(nq + ne, np.int8)
     kind[nq:] = 1
     perm, gs = merge_order(g, n_groups, t, kind, int(ctx.params.threads))
     del g, kind
@@ -324,19 +318,25 @@ def _stream_by_scan(
     del te, ge
     if not sums:
         return
+    # one row-major matrix of the events' values in merged order (one cache line per event when
+    # gathered), prefix-summed down the rows; each value column is fetched and freed in turn
+    integral, mat = [], np.empty((ne + 1, len(sums)))
+    mat[0] = 0.0
     buf = np.empty(ne)
-    integral, mat = [], np.zeros((ne + 1, len(sums)))
     for j, c in enumerate(sums):
         v = pc.fill_null(e.column(c.name), 0.0).to_numpy(zero_copy_only=False)
-        integral.append(_integral(v, buf))
-        mat[1:, j] = v
-    del e, buf, v
-    mat[1:] = np.take(mat[1:], ev_order, axis=0)
-    del ev_order
+        e = e.drop_columns([c.name])
+        np.rint(v, out=buf)
+        integral.append(bool(np.array_equal(buf, v)))
+        np.take(v, ev_order, out=mat[1:, j], mode="clip")
+        del v
+    del e, buf, ev_order
     np.cumsum(mat, axis=0, out=mat)
     res = mat[hi]
     res -= mat[lo]
     del mat
+    for j in range(len(sums)):
+        integral[j] = integral[j] and float(np.abs(res[:, j]).max(initial=0.0)) < 2**31
     for j, c in enumerate(sums):
         if integral[j]:
             v = np.zeros(size, np.int32)
