@@ -58,6 +58,7 @@ def _session(
         t0 = time.perf_counter()
         ctx = stage(con, tables, p, target_orders)
         ctx.timings["stage_s"] = time.perf_counter() - t0
+        ctx.background = True  # build_streams resolves ctx.pending (review scores) when needed
         values = asdict(p)
         for module in registry.FAMILY_MODULES:
             prep = getattr(module, "prepare", None)

@@ -17,7 +17,8 @@ BENCHMARKS.md. Every family reads the base tables created here:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,9 +83,24 @@ class Context:
     available: set[str]
     counts: dict[str, int] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: families may compute in a background thread (pure-Python work next to DuckDB/numpy, which
+    #: release the GIL); off unless the caller resolves `pending` (features.build does)
+    background: bool = False
+    #: table name -> function that creates it (waits for its background work); see `need`
+    pending: dict[str, Callable[[], None]] = field(default_factory=dict)
 
     def sql(self, query: str) -> None:
         self.con.execute(query)
+
+    def need(self, text: str) -> None:
+        """Create every pending table that `text` (SQL) names, waiting for its background work."""
+        for name in [n for n in self.pending if re.search(rf"\b{re.escape(n)}\b", text)]:
+            self.pending.pop(name)()
+
+    def finish_pending(self) -> None:
+        """Create every pending table."""
+        while self.pending:
+            self.pending.pop(next(iter(self.pending)))()
 
 
 def connect(params: FeaturizeParams) -> duckdb.DuckDBPyConnection:

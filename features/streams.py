@@ -377,12 +377,14 @@ def build_streams(
         if unknown:
             raise ValueError(f"stream {name}: events set undeclared columns {sorted(unknown)}")
         t0 = time.perf_counter()
+        ctx.need(" ".join(e.source for e in evs))
         if method == "scan":
             _stream_by_scan(ctx, spec, cols, evs, out)
         else:
             _stream_by_windows(ctx, f"s_{name}", spec, cols, _union_sql(spec, cols, evs))
             stream_tables.append(f"s_{name}")
         ctx.timings[f"stream_{name}_s"] = time.perf_counter() - t0
+    ctx.finish_pending()
     names = [r.name for r in runnings]
     if method == "scan":
         arrays = {"qi": pa.array(np.arange(n_target, dtype=np.int64))}
