@@ -18,8 +18,12 @@ from features.streams import Events, Running
 FAMILY = "basket"
 
 
-def prepare(ctx: Context) -> None:
-    """Order-level, order x product and order x category line counts for the target orders."""
+def finish(ctx: Context) -> None:
+    """Order-level, order x product and order x category line counts for the target orders.
+
+    A `finish` (after the streams), not a `prepare`: only the assembly reads these tables, so they are
+    not held in DuckDB's memory while the streams run (the peak at 10M lines).
+    """
     ctx.sql("""
         CREATE OR REPLACE TEMP TABLE bo AS
         SELECT order_id, min(order_ts) AS order_ts, count(*) AS n_lines, sum(quantity) AS n_units,

@@ -78,7 +78,9 @@ def _session(
         for module in registry.FAMILY_MODULES:
             fin = getattr(module, "finish", None)
             if fin is not None:
+                t0 = time.perf_counter()
                 fin(ctx)
+                ctx.timings[f"{module.FAMILY}_finish_s"] = time.perf_counter() - t0
         yield ctx
     finally:
         con.close()
@@ -116,12 +118,12 @@ def _order_targets(ctx: Context) -> None:
     stream arrays held in Python are dropped, so the assembly's joins get DuckDB's memory.
     """
     ctx.sql("CREATE OR REPLACE TEMP TABLE lt AS SELECT * FROM ln WHERE is_target ORDER BY qi")
+    for table in ("ln", "ret", "rv", "review_text"):
+        ctx.sql(f"DROP TABLE IF EXISTS {table}")
     # scan streams: sx0 is Arrow arrays indexed by qi (already in order); window streams: a joined table
     order = "" if ctx.params.stream_method == "scan" else " ORDER BY qi"
     ctx.sql(f"CREATE OR REPLACE TEMP TABLE sxt AS SELECT * FROM sx{order}")
     ctx.sql("DROP VIEW IF EXISTS sx")
-    for table in ("ln", "ret", "rv", "review_text"):
-        ctx.sql(f"DROP TABLE IF EXISTS {table}")
     if ctx.params.stream_method == "scan":
         ctx.con.unregister("sx0")
 

@@ -28,8 +28,11 @@ def haversine_sql(lat1: str, lon1: str, lat2: str, lon2: str) -> str:
     return f"(2 * {EARTH_RADIUS_KM} * asin(sqrt(least(1.0, greatest(0.0, {a})))))"
 
 
-def prepare(ctx: Context) -> None:
-    """Per target order: distance from the warehouse to the destination and the cross-border flag."""
+def finish(ctx: Context) -> None:
+    """Per target order: distance from the warehouse to the destination and the cross-border flag.
+
+    A `finish` (after the streams): only the assembly reads `ship` (see features.basket.finish).
+    """
     ctx.con.register("centroids_src", country_centroids()[["country", "lat", "lon"]])
     ctx.sql(
         "CREATE OR REPLACE TEMP TABLE centroids AS SELECT CAST(country AS VARCHAR) AS country, "
