@@ -8,6 +8,14 @@ exactly the events with ts strictly before the order's timestamp: events at the 
 the query (ties are "not before"), and events after it are not in the frame. This one rule gives the
 point-in-time guarantee for every stream feature, and the same SQL serves batch scoring: the batch's
 orders become query rows over history + batch.
+
+Note for callers (features/state.py, features/build.py): `build_streams(ctx, runnings, events, method)`,
+`STREAMS`, `Running`, `Events` and `StreamDef` keep their signatures and meaning. With the default
+"scan" method the result `sx0` (Arrow, one row per target line in qi order) types counting columns
+(whole-number event values, e.g. counts) as int32 and other sums as float64 (values equal the window
+SQL's, which stays the reference); "last"/"first" keep their timestamp type. Before evaluating a
+stream, `build_streams` creates the tables its event sources name that a family left pending
+(`ctx.need`, e.g. `rv` while VADER scores in the background), and all pending tables before it returns.
 """
 
 from __future__ import annotations
