@@ -258,15 +258,28 @@ def _base_tables(ctx: Context, target_expr: str) -> None:
         LEFT JOIN (SELECT line_id, return_ts FROM ret WHERE is_first) fr ON fr.line_id = l.line_id
     """)
     ctx.counts["target_lines"] = int(ctx.con.execute("SELECT count(*) FROM ln WHERE is_target").fetchone()[0])
-    # Population return rate as of the start of each day (events dated strictly before that day),
-    # shrunk towards the prior so that the first days are not 0/0.
+    create_pop(ctx)
+
+
+POP_EVENTS_SQL = """
+    SELECT date_trunc('day', resolved_ts) AS d, 1 AS res, 0 AS rtn FROM ln
+    UNION ALL
+    SELECT date_trunc('day', first_return_ts) AS d, 0 AS res, 1 AS rtn FROM ln WHERE first_return_ts IS NOT NULL
+"""
+
+
+def create_pop(ctx: Context, events_sql: str = POP_EVENTS_SQL) -> None:
+    """`pop`: the population return rate as of the start of each day (events dated strictly before that
+    day), shrunk towards the prior so that the first days are not 0/0.
+
+    `events_sql` yields (d, res, rtn) day events; the batch-scoring state (features/state.py) passes its
+    stored day counts united with the later raw events, so both paths share this one definition.
+    """
+    p = ctx.params
     ctx.sql(f"""
         CREATE OR REPLACE TEMP TABLE pop AS
         WITH ev AS (
-            SELECT date_trunc('day', resolved_ts) AS d, 1 AS res, 0 AS rtn FROM ln
-            UNION ALL
-            SELECT date_trunc('day', first_return_ts) AS d, 0 AS res, 1 AS rtn FROM ln
-            WHERE first_return_ts IS NOT NULL
+            {events_sql}
             UNION ALL
             SELECT DISTINCT date_trunc('day', order_ts) AS d, 0 AS res, 0 AS rtn FROM ord WHERE is_target
         ),

@@ -16,14 +16,21 @@ from features.spec import FeatureSpec
 FAMILY = "price"
 
 
-def prepare(ctx: Context) -> None:
-    """Monthly category medians and, per target (category, month), the latest earlier usable one."""
+MONTHLY_MEDIANS_SQL = """
+    SELECT category, date_trunc('month', order_ts) AS month, median(unit_price) AS med, count(*) AS n
+    FROM ln GROUP BY category, date_trunc('month', order_ts)
+"""
+
+
+def create_cat_month(ctx: Context, monthly_medians_sql: str = MONTHLY_MEDIANS_SQL) -> None:
+    """`cat_month`: per target (category, month) the latest earlier month's median price with enough lines.
+
+    `monthly_medians_sql` yields (category, month, med, n); the batch-scoring state (features/state.py) passes
+    its stored complete months united with the raw later lines, so both paths share this one definition.
+    """
     ctx.sql(f"""
         CREATE OR REPLACE TEMP TABLE cat_month AS
-        WITH m AS (
-            SELECT category, date_trunc('month', order_ts) AS month, median(unit_price) AS med, count(*) AS n
-            FROM ln GROUP BY category, date_trunc('month', order_ts)
-        ),
+        WITH m AS ({monthly_medians_sql}),
         hist AS (SELECT category, month, med FROM m WHERE n >= {int(ctx.params.category_median_min_lines)}),
         q AS (SELECT DISTINCT category, date_trunc('month', order_ts) AS month FROM ln WHERE is_target),
         s AS (
@@ -41,6 +48,11 @@ def prepare(ctx: Context) -> None:
         FROM r LEFT JOIN hist h ON h.category = r.category AND h.month = r.src
         WHERE r.kind = 0
     """)
+
+
+def prepare(ctx: Context) -> None:
+    """Monthly category medians and, per target (category, month), the latest earlier usable one."""
+    create_cat_month(ctx)
 
 
 JOINS = ["LEFT JOIN cat_month cm ON cm.category = l.category AND cm.month = date_trunc('month', l.order_ts)"]

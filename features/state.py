@@ -38,7 +38,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from features import registry
-from features.engine import Context, FeaturizeParams, connect, stage
+from features.engine import Context, FeaturizeParams, connect, create_pop, stage
+from features.price import create_cat_month
 from features.sql import quote, union_all
 from features.streams import STREAMS, Events, Running, build_streams
 from pipeline.contract import TABLES
@@ -326,58 +327,30 @@ def _after(e: Events, T: str, end: str) -> Events:
 
 def _replace_pop(ctx: Context, T: str) -> None:
     """The population rate (features/engine.py `pop`) from the state's day counts + events dated >= T."""
-    p = ctx.params
-    ctx.sql(f"""
-        CREATE OR REPLACE TEMP TABLE pop AS
-        WITH ev AS (
-            SELECT d, res, rtn FROM st_pop
-            UNION ALL
-            SELECT date_trunc('day', resolved_ts) AS d, 1 AS res, 0 AS rtn FROM ln WHERE resolved_ts >= {T}
-            UNION ALL
-            SELECT date_trunc('day', first_return_ts) AS d, 0 AS res, 1 AS rtn FROM ln
-            WHERE first_return_ts IS NOT NULL AND first_return_ts >= {T}
-            UNION ALL
-            SELECT DISTINCT date_trunc('day', order_ts) AS d, 0 AS res, 0 AS rtn FROM ord WHERE is_target
-        ),
-        daily AS (SELECT d, sum(res) AS res, sum(rtn) AS rtn FROM ev GROUP BY d),
-        cum AS (
-            SELECT d,
-                   coalesce(sum(res) OVER (ORDER BY d ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS res,
-                   coalesce(sum(rtn) OVER (ORDER BY d ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS rtn
-            FROM daily
-        )
-        SELECT d, (rtn + {p.population_prior_weight} * {p.prior_return_rate}) / (res + {p.population_prior_weight}) AS rate
-        FROM cum
-    """)
+    create_pop(
+        ctx,
+        f"""
+        SELECT d, res, rtn FROM st_pop
+        UNION ALL
+        SELECT date_trunc('day', resolved_ts) AS d, 1 AS res, 0 AS rtn FROM ln WHERE resolved_ts >= {T}
+        UNION ALL
+        SELECT date_trunc('day', first_return_ts) AS d, 0 AS res, 1 AS rtn FROM ln
+        WHERE first_return_ts IS NOT NULL AND first_return_ts >= {T}
+        """,
+    )
 
 
 def _replace_cat_month(ctx: Context, T: str) -> None:
     """The price family's `cat_month` (features/price.py) from the state's complete months + raw later lines."""
-    ctx.sql(f"""
-        CREATE OR REPLACE TEMP TABLE cat_month AS
-        WITH m AS (
-            SELECT category, month, med, n FROM st_cat_month
-            UNION ALL
-            SELECT category, date_trunc('month', order_ts) AS month, median(unit_price) AS med, count(*) AS n
-            FROM ln WHERE order_ts >= date_trunc('month', {T}) GROUP BY category, date_trunc('month', order_ts)
-        ),
-        hist AS (SELECT category, month, med FROM m WHERE n >= {int(ctx.params.category_median_min_lines)}),
-        q AS (SELECT DISTINCT category, date_trunc('month', order_ts) AS month FROM ln WHERE is_target),
-        s AS (
-            SELECT category, month AS ts, 0 AS kind, CAST(NULL AS TIMESTAMP) AS src FROM q
-            UNION ALL
-            SELECT category, month AS ts, 1 AS kind, month AS src FROM hist
-        ),
-        r AS (
-            SELECT category, ts, kind,
-                   max(src) OVER (PARTITION BY category ORDER BY ts, kind
-                                  ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS src
-            FROM s
-        )
-        SELECT r.category, r.ts AS month, h.med
-        FROM r LEFT JOIN hist h ON h.category = r.category AND h.month = r.src
-        WHERE r.kind = 0
-    """)
+    create_cat_month(
+        ctx,
+        f"""
+        SELECT category, month, med, n FROM st_cat_month
+        UNION ALL
+        SELECT category, date_trunc('month', order_ts) AS month, median(unit_price) AS med, count(*) AS n
+        FROM ln WHERE order_ts >= date_trunc('month', {T}) GROUP BY category, date_trunc('month', order_ts)
+        """,
+    )
 
 
 @contextlib.contextmanager
