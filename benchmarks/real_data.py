@@ -164,11 +164,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--from-outputs", action="store_true", help="read paths.model / paths.features; run nothing"
     )
+    ap.add_argument("--seed", type=int, help="override params.yaml seed (generator and training)")
     ap.add_argument("--top", type=int, default=10, help="top features by mean |SHAP|")
     ap.add_argument("--format", default="both", choices=("lines", "markdown", "both"))
     args = ap.parse_args(argv)
 
     params = {k: (dict(v) if isinstance(v, dict) else v) for k, v in load_params().items()}
+    if args.seed is not None:
+        params["seed"] = args.seed
     say = (lambda m: print(f"# {m}", flush=True)) if args.format != "lines" else (lambda m: None)
     seconds: dict[str, float] = {}
     if args.from_outputs:

@@ -1,22 +1,39 @@
-"""Probability calibration on the validation window: isotonic or Platt, chosen by measurement.
+"""Probability calibration on the validation window, the calibrator chosen by cross-fitted measurement.
 
-Both calibrators map the booster's raw log-odds to a probability and are stored as plain JSON
-(isotonic: its threshold arrays; Platt: the pair (a, b)), so a saved model never needs a pickle.
+Every calibrator maps the booster's raw log-odds to a probability and is stored as plain JSON, so a
+saved model never needs a pickle:
+- platt: p = sigmoid(a * raw + b) (two parameters);
+- beta (Kull et al. 2017, three parameters): p = sigmoid(a ln s - b ln(1 - s) + c) with s = sigmoid(raw),
+  a, b >= 0: bends the two tails separately, which Platt cannot, and stays smooth and monotone;
+- isotonic: a monotone step map, stored as its knots;
+- blend: the mean of the Platt and isotonic probabilities (the smooth map steadies isotonic's steps);
+- identity: p = sigmoid(raw), an uncalibrated model.
+Fits accept line weights (e.g. recency weights: `recency_weights`), so the later validation days can
+count more when the data drifts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 EPS = 1e-6
-METHODS = ("isotonic", "platt")
+METHODS = ("platt", "beta", "isotonic", "blend")
+SELECT = ("logloss", "logloss+ece")
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-z))
+    from scipy.special import expit  # no overflow warning for large |z|
+
+    return expit(z)
+
+
+def _beta_features(raw: np.ndarray) -> np.ndarray:
+    """(ln s, -ln(1 - s)) for s = sigmoid(raw), computed without overflow: -softplus(-raw), softplus(raw)."""
+    return np.column_stack([-np.logaddexp(0.0, -raw), np.logaddexp(0.0, raw)])
 
 
 @dataclass(frozen=True)
@@ -24,8 +41,10 @@ class Calibrator:
     """A fitted map raw log-odds -> calibrated probability.
 
     method "platt": p = sigmoid(a * raw + b).
+    method "beta": p = sigmoid(a * ln s - b * ln(1 - s) + c), s = sigmoid(raw) (a = b = 1, c = 0 is identity).
     method "isotonic": piecewise-linear interpolation through (x, y), clipped at both ends
     (exactly what scikit-learn's IsotonicRegression(out_of_bounds="clip") predicts).
+    method "blend": weight * parts[0] + (1 - weight) * parts[1] (Platt and isotonic).
     method "identity": p = sigmoid(raw) (an uncalibrated model).
     """
 
@@ -34,29 +53,43 @@ class Calibrator:
     b: float = 0.0
     x: tuple[float, ...] = ()
     y: tuple[float, ...] = ()
+    c: float = 0.0
+    weight: float = 0.5
+    parts: tuple[Calibrator, ...] = ()
+
+    def _apply(self, raw: np.ndarray) -> np.ndarray:
+        if self.method == "platt":
+            return _sigmoid(self.a * raw + self.b)
+        if self.method == "beta":
+            f = _beta_features(raw)
+            return _sigmoid(self.a * f[:, 0] + self.b * f[:, 1] + self.c)
+        if self.method == "isotonic":
+            return np.interp(raw, np.asarray(self.x), np.asarray(self.y))
+        if self.method == "blend":
+            first, second = self.parts
+            return self.weight * first._apply(raw) + (1.0 - self.weight) * second._apply(raw)
+        if self.method == "identity":
+            return _sigmoid(raw)
+        raise ValueError(f"unknown calibration method {self.method!r}")  # pragma: no cover - from_json guards
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float64)
-        if self.method == "platt":
-            p = _sigmoid(self.a * raw + self.b)
-        elif self.method == "isotonic":
-            p = np.interp(raw, np.asarray(self.x), np.asarray(self.y))
-        elif self.method == "identity":
-            p = _sigmoid(raw)
-        else:  # pragma: no cover - guarded by from_json
-            raise ValueError(f"unknown calibration method {self.method!r}")
         # Keep probabilities strictly inside (0, 1): a calibrated 0 or 1 makes log loss infinite.
-        return np.clip(p, EPS, 1.0 - EPS)
+        return np.clip(self._apply(raw), EPS, 1.0 - EPS)
 
     def to_json(self) -> dict[str, Any]:
         if self.method == "isotonic":
             return {"method": "isotonic", "x": list(self.x), "y": list(self.y)}
         if self.method == "platt":
             return {"method": "platt", "a": self.a, "b": self.b}
+        if self.method == "beta":
+            return {"method": "beta", "a": self.a, "b": self.b, "c": self.c}
+        if self.method == "blend":
+            return {"method": "blend", "weight": self.weight, "parts": [p.to_json() for p in self.parts]}
         return {"method": self.method}
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> Calibrator:
+    def from_json(cls, obj: Mapping[str, Any]) -> Calibrator:
         method = obj.get("method")
         if method == "isotonic":
             x, y = tuple(float(v) for v in obj["x"]), tuple(float(v) for v in obj["y"])
@@ -65,27 +98,68 @@ class Calibrator:
             return cls("isotonic", x=x, y=y)
         if method == "platt":
             return cls("platt", a=float(obj["a"]), b=float(obj["b"]))
+        if method == "beta":
+            return cls("beta", a=float(obj["a"]), b=float(obj["b"]), c=float(obj["c"]))
+        if method == "blend":
+            parts = tuple(cls.from_json(p) for p in obj["parts"])
+            weight = float(obj["weight"])
+            if len(parts) != 2 or not 0.0 <= weight <= 1.0:
+                raise ValueError("blend calibration needs two parts and a weight in [0, 1]")
+            return cls("blend", weight=weight, parts=parts)
         if method == "identity":
             return cls("identity")
         raise ValueError(f"calibration method {method!r} is not one of {(*METHODS, 'identity')}")
 
 
-def fit_platt(raw: np.ndarray, y: np.ndarray) -> Calibrator:
-    """Platt scaling: a logistic regression of the label on the raw log-odds (nearly unregularised)."""
+# ---------------------------------------------------------------- fitting
+def _prepare(raw: np.ndarray, y: np.ndarray, weights: np.ndarray | None):
+    raw = np.asarray(raw, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    w = None if weights is None else np.asarray(weights, dtype=np.float64)
+    if raw.shape != y.shape or (w is not None and w.shape != raw.shape):
+        raise ValueError(f"calibration: raw {raw.shape}, labels {y.shape} and weights must be equally long")
+    return raw, y, w
+
+
+def _logistic(X: np.ndarray, y: np.ndarray, w: np.ndarray | None) -> tuple[np.ndarray, float]:
+    """Nearly unregularised logistic regression: (coefficients, intercept)."""
     from sklearn.linear_model import LogisticRegression
 
-    raw = np.asarray(raw, dtype=np.float64).reshape(-1, 1)
     lr = LogisticRegression(C=1e6, max_iter=1000)
-    lr.fit(raw, np.asarray(y, dtype=np.int64))
-    return Calibrator("platt", a=float(lr.coef_[0, 0]), b=float(lr.intercept_[0]))
+    lr.fit(X, y.astype(np.int64), sample_weight=w)
+    return lr.coef_[0].astype(np.float64), float(lr.intercept_[0])
 
 
-def fit_isotonic(raw: np.ndarray, y: np.ndarray) -> Calibrator:
+def fit_platt(raw: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> Calibrator:
+    """Platt scaling: a logistic regression of the label on the raw log-odds (nearly unregularised)."""
+    raw, y, w = _prepare(raw, y, weights)
+    coef, intercept = _logistic(raw.reshape(-1, 1), y, w)
+    return Calibrator("platt", a=float(coef[0]), b=intercept)
+
+
+def fit_beta(raw: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> Calibrator:
+    """Beta calibration: logistic regression on (ln s, -ln(1 - s)); a negative slope is dropped and refitted.
+
+    a, b >= 0 keeps the map monotone (Kull, Silva Filho, Flach 2017).
+    """
+    raw, y, w = _prepare(raw, y, weights)
+    f = _beta_features(raw)
+    coef, c = _logistic(f, y, w)
+    a, b = float(coef[0]), float(coef[1])
+    if a < 0 or b < 0:
+        keep = 1 if a < b else 0  # the larger slope stays; the negative one is fixed at 0
+        only, c = _logistic(f[:, [keep]], y, w)
+        a, b = (0.0, max(float(only[0]), 0.0)) if keep == 1 else (max(float(only[0]), 0.0), 0.0)
+    return Calibrator("beta", a=a, b=b, c=c)
+
+
+def fit_isotonic(raw: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> Calibrator:
     """Isotonic regression of the label on the raw log-odds, stored as its knots."""
     from sklearn.isotonic import IsotonicRegression
 
+    raw, y, w = _prepare(raw, y, weights)
     iso = IsotonicRegression(out_of_bounds="clip", y_min=0.0, y_max=1.0)
-    iso.fit(np.asarray(raw, dtype=np.float64), np.asarray(y, dtype=np.float64))
+    iso.fit(raw, y, sample_weight=w)
     return Calibrator(
         "isotonic",
         x=tuple(float(v) for v in iso.X_thresholds_),
@@ -93,27 +167,62 @@ def fit_isotonic(raw: np.ndarray, y: np.ndarray) -> Calibrator:
     )
 
 
-def fit_calibrator(method: str, raw: np.ndarray, y: np.ndarray) -> Calibrator:
-    if method == "platt":
-        return fit_platt(raw, y)
-    if method == "isotonic":
-        return fit_isotonic(raw, y)
-    raise ValueError(f"calibration method {method!r} is not one of {METHODS}")
+def fit_blend(raw: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None) -> Calibrator:
+    """Equal-weight mean of the Platt and isotonic maps fitted on the same lines."""
+    return Calibrator("blend", weight=0.5, parts=(fit_platt(raw, y, weights), fit_isotonic(raw, y, weights)))
 
 
-def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
+FITTERS = {"platt": fit_platt, "beta": fit_beta, "isotonic": fit_isotonic, "blend": fit_blend}
+
+
+def fit_calibrator(
+    method: str, raw: np.ndarray, y: np.ndarray, weights: np.ndarray | None = None
+) -> Calibrator:
+    if method not in FITTERS:
+        raise ValueError(f"calibration method {method!r} is not one of {METHODS}")
+    return FITTERS[method](raw, y, weights)
+
+
+def recency_weights(ts: Any, half_life_days: float | None) -> np.ndarray | None:
+    """Line weights halving every `half_life_days` before the latest timestamp (None: equal weights)."""
+    if half_life_days is None:
+        return None
+    if half_life_days <= 0:
+        raise ValueError(f"calibration half-life must be > 0 days; got {half_life_days}")
+    t = np.asarray(ts, dtype="datetime64[ns]").astype(np.int64) / 86_400e9
+    return 0.5 ** ((t.max() - t) / float(half_life_days))
+
+
+# ---------------------------------------------------------------- measured choice
+def _log_loss(y: np.ndarray, p: np.ndarray, w: np.ndarray | None = None) -> float:
     p = np.clip(p, EPS, 1 - EPS)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return float(np.average(-(y * np.log(p) + (1 - y) * np.log(1 - p)), weights=w))
 
 
-def compare_methods(raw: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int = 0) -> dict[str, float]:
-    """Cross-fitted log loss of each method on the validation window (lower is better).
+def _ece(y: np.ndarray, p: np.ndarray, bins: int, w: np.ndarray | None = None) -> float:
+    """Equal-width-bin ECE (the definition of models.evaluation.expected_calibration_error), weighted."""
+    from models.evaluation import expected_calibration_error
+
+    return expected_calibration_error(y, p, bins=bins, weights=w)
+
+
+def compare_methods(
+    raw: np.ndarray,
+    y: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    methods: Sequence[str] = METHODS,
+    weights: np.ndarray | None = None,
+    ece_bins: int = 15,
+) -> dict[str, float]:
+    """Cross-fitted log loss and ECE of each method on the validation window (lower is better).
 
     Each fold's calibrator is fitted on the other folds and scored on the held-out one, so
-    isotonic's extra flexibility is not rewarded for memorising the validation labels.
+    isotonic's extra flexibility is not rewarded for memorising the validation labels. Keys: the
+    method (log loss, as before) and "<method>.ece".
     """
-    raw = np.asarray(raw, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
+    raw, y, w = _prepare(raw, y, weights)
     if len(raw) < 2 * folds or y.min() == y.max():
         raise ValueError(
             f"calibration needs both classes and at least {2 * folds} validation lines; got {len(raw)}"
@@ -122,26 +231,56 @@ def compare_methods(raw: np.ndarray, y: np.ndarray, *, folds: int = 5, seed: int
     fold_of = np.empty(len(raw), dtype=np.int64)
     fold_of[order] = np.arange(len(raw)) % folds
     out: dict[str, float] = {}
-    for method in METHODS:
+    for method in methods:
         pred = np.empty(len(raw))
         for k in range(folds):
             fit_mask = fold_of != k
-            cal = fit_calibrator(method, raw[fit_mask], y[fit_mask])
+            cal = fit_calibrator(method, raw[fit_mask], y[fit_mask], None if w is None else w[fit_mask])
             pred[~fit_mask] = cal.apply(raw[~fit_mask])
-        out[method] = _log_loss(y, pred)
+        out[method] = _log_loss(y, pred, w)
+        out[f"{method}.ece"] = _ece(y, pred, ece_bins, w)
     return out
 
 
-def choose_and_fit(
-    raw: np.ndarray, y: np.ndarray, *, method: str = "auto", folds: int = 5, seed: int = 0
-) -> tuple[Calibrator, dict[str, float]]:
-    """Fit the calibrator on the whole validation window; "auto" picks the lower cross-fitted log loss.
+def select_method(scores: Mapping[str, float], methods: Sequence[str], select: str = "logloss") -> str:
+    """The method with the lowest criterion; ties go to the earlier (simpler) method of `methods`.
 
-    Returns the calibrator and the measured cross-fitted log loss per method (empty unless "auto").
-    Ties go to Platt, the simpler map.
+    "logloss": cross-fitted log loss. "logloss+ece": cross-fitted log loss + ECE (both per line, both
+    lower-is-better; ECE adds the calibration error that log loss dilutes among the well-ranked lines).
+    """
+    if select not in SELECT:
+        raise ValueError(f"calibration selection {select!r} is not one of {SELECT}")
+
+    def crit(m: str) -> float:
+        return scores[m] + (scores[f"{m}.ece"] if select == "logloss+ece" else 0.0)
+
+    return min(methods, key=lambda m: (crit(m), list(methods).index(m)))
+
+
+def choose_and_fit(
+    raw: np.ndarray,
+    y: np.ndarray,
+    *,
+    method: str = "auto",
+    folds: int = 5,
+    seed: int = 0,
+    candidates: Sequence[str] = ("platt", "isotonic"),
+    select: str = "logloss",
+    weights: np.ndarray | None = None,
+    ece_bins: int = 15,
+) -> tuple[Calibrator, dict[str, float]]:
+    """Fit the calibrator on the whole validation window; "auto" picks among `candidates` by measurement.
+
+    Returns the calibrator and the cross-fitted scores per candidate (empty unless "auto"); see
+    `compare_methods` and `select_method`. Ties go to the earlier candidate (list the simpler first).
     """
     scores: dict[str, float] = {}
     if method == "auto":
-        scores = compare_methods(raw, y, folds=folds, seed=seed)
-        method = "isotonic" if scores["isotonic"] < scores["platt"] else "platt"
-    return fit_calibrator(method, raw, y), scores
+        unknown = [m for m in candidates if m not in METHODS]
+        if unknown or not candidates:
+            raise ValueError(f"calibration candidates {list(candidates)} must be among {METHODS}")
+        scores = compare_methods(
+            raw, y, folds=folds, seed=seed, methods=candidates, weights=weights, ece_bins=ece_bins
+        )
+        method = select_method(scores, candidates, select)
+    return fit_calibrator(method, raw, y, weights), scores
