@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from models.artifact import ReturnModel, encode_frame, learn_levels
-from models.calibration import choose_and_fit
+from models.calibration import choose_and_fit, recency_weights
 from models.evaluation import CostModel, binary_metrics, choose_threshold
 
 # OpenMP threads that spin while waiting are ruinous on a shared, oversubscribed 2-core machine
@@ -240,15 +240,23 @@ def train_return_model(
     )
     info["fit_seconds"] = time.perf_counter() - t0
     raw_val = np.asarray(booster.predict(X_val, raw_score=True), dtype=np.float64)
+    # Calibration on the validation window only (params train.calibration*; models/calibration.py).
+    half_life = cfg.get("calibration_half_life_days")
     calibrator, cal_scores = choose_and_fit(
         raw_val,
         y_val,
         method=str(cfg.get("calibration", "auto")),
         folds=int(cfg.get("calibration_folds", 5)),
         seed=seed,
+        candidates=tuple(cfg.get("calibration_candidates", ("platt", "isotonic"))),
+        select=str(cfg.get("calibration_select", "logloss")),
+        weights=recency_weights(frame.loc[va, TS], None if half_life is None else float(half_life)),
+        ece_bins=int(cfg.get("ece_bins", 15)),
     )
     info["calibration"] = calibrator.method
-    info.update({f"calibration_cv_logloss_{k}": v for k, v in cal_scores.items()})
+    for k, v in cal_scores.items():
+        method, _, metric = k.partition(".")
+        info[f"calibration_cv_{metric or 'logloss'}_{method}"] = v
     model = ReturnModel(
         booster=booster,
         features=features,
