@@ -8,7 +8,10 @@ reads what `dvc repro` / `dvc exp run -S data.source=uci-online-retail` wrote (p
 
 Metrics come from `models.evaluation.evaluate_predictions` on the train stage's predictions.parquet, i.e.
 exactly what the evaluate stage writes to metrics/evaluate.json; mean |SHAP| is TreeSHAP of the served
-model over every mature test line, as the explain stage's global importance.
+model over every mature test line, as the explain stage's global importance. ECE noise: 95 % intervals from
+`--boot` resamples of test customers (`models.evaluation.bootstrap_intervals`, paired across scorers), the ECE
+a perfectly calibrated scorer with the same predictions would show (`ece_noise_floor`), and the adaptive
+(equal-mass bins) ECE beside the equal-width one (params evaluate.ece_bins, the headline definition).
 """
 
 from __future__ import annotations
@@ -64,7 +67,29 @@ def run_pipeline(params: dict[str, Any], work: Path, say) -> dict[str, float]:
     return seconds
 
 
-def results(model_dir: Path, features: Path, truth: Path | None, params: dict[str, Any], top: int):
+def noise(preds, oracle, bins: int, n_boot: int, seed: int) -> dict[str, float]:
+    """Customer-bootstrap intervals of ECE, adaptive ECE and log loss (and model - scorer), ECE noise floors."""
+    import numpy as np
+
+    from models.evaluation import SCORE_COLUMNS, bootstrap_intervals, ece_noise_floor
+
+    test = preds[preds["split"] == "test"]
+    scores = {k: test[c].to_numpy(dtype=np.float64) for k, c in SCORE_COLUMNS.items() if c in test}
+    if oracle is not None:
+        scores["oracle"] = test["line_id"].map(oracle).to_numpy(dtype=np.float64)
+    groups = test["customer_id"] if "customer_id" in test else test["order_id"]
+    out = bootstrap_intervals(
+        test["returned"].to_numpy(dtype=np.float64), scores, groups.to_numpy(), bins=bins, n_boot=n_boot,
+        seed=seed,
+    )  # fmt: skip
+    for key, p in scores.items():
+        out[f"{key}.ece_floor"] = ece_noise_floor(p, bins=bins, n_sim=n_boot, seed=seed)
+    return out
+
+
+def results(
+    model_dir: Path, features: Path, truth: Path | None, params: dict[str, Any], top: int, n_boot: int = 200
+):
     """(metrics of every scorer on the test window, top features by mean |SHAP|, test window bounds)."""
     import json
 
@@ -78,13 +103,19 @@ def results(model_dir: Path, features: Path, truth: Path | None, params: dict[st
 
     preds = pd.read_parquet(model_dir / PREDICTIONS_FILE)
     spec = json.loads((model_dir / MODEL_FILE).read_text(encoding="utf-8"))
+    oracle = read_oracle(truth)
+    bins = int(params.get("evaluate", {}).get("ece_bins", 15))
     metrics, _ = evaluate_predictions(
         preds,
         CostModel.from_params(params["train"]["cost"]),
         threshold=spec.get("threshold"),
-        oracle=read_oracle(truth),
-        ece_bins=int(params.get("evaluate", {}).get("ece_bins", 15)),
+        oracle=oracle,
+        ece_bins=bins,
     )
+    if n_boot > 0:
+        metrics.update(
+            {f"noise.{k}": v for k, v in noise(preds, oracle, bins, n_boot, int(params["seed"])).items()}
+        )
     summary = json.loads((model_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
     model = ReturnModel.load(model_dir)
     test_ids = preds.loc[preds["split"] == "test", "line_id"]
@@ -100,35 +131,69 @@ def results(model_dir: Path, features: Path, truth: Path | None, params: dict[st
     return metrics, imp, summary.get("windows", {}), summary
 
 
+def _ci(metrics: dict[str, float], key: str) -> str:
+    lo, hi = metrics.get(f"{key}.lo"), metrics.get(f"{key}.hi")
+    return "" if lo is None else f"{lo:.4f} to {hi:.4f}"
+
+
+def _diff(metrics: dict[str, float], key: str) -> str:
+    d = metrics.get(key)
+    if d is None:
+        return ""
+    return f"{d:+.4f} ({metrics[key + '.lo']:+.4f} to {metrics[key + '.hi']:+.4f})"
+
+
+def _verdict(metrics: dict[str, float], key: str, col: str, higher: bool) -> str | None:
+    """'better' / 'worse' with ', inside the noise' when the bootstrap interval of the difference holds 0."""
+    a, b = metrics[f"model.{col}"], metrics[f"{key}.{col}"]
+    if a != a or b != b:
+        return None
+    word = "better" if (a > b) == higher else "worse"
+    d = f"noise.diff.{key}.{col}"
+    if d in metrics:
+        word += (
+            " (inside the noise)" if metrics[d + ".lo"] <= 0 <= metrics[d + ".hi"] else " (beyond the noise)"
+        )
+    return word
+
+
 def markdown(metrics: dict[str, float], imp, windows: dict[str, str], title: str) -> str:
-    """The two tables recorded in BENCHMARKS.md / README."""
+    """The tables recorded in BENCHMARKS.md / README."""
+    noisy = "noise.model.ece.lo" in metrics
+    cols = [c[1] for c in COLUMNS] + ["ECE, equal-mass bins"]
+    if noisy:
+        cols += ["ECE 95 % CI", "ECE if perfectly calibrated", "model - scorer: ECE (95 % CI)",
+                 "model - scorer: log loss (95 % CI)"]  # fmt: skip
     lines = [
         f"**{title}**: test window {windows.get('test_start', '?')} to {windows.get('end', '?')} (exclusive), "
         f"{int(metrics['n_test']):,} lines, return rate {metrics['test_return_rate']:.2%}.",
         "",
-        "| scorer | " + " | ".join(c[1] for c in COLUMNS) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
+        "| scorer | " + " | ".join(cols) + " |",
+        "|---|" + "---:|" * len(cols),
     ]
     for key, label in SCORERS:
         if f"{key}.roc_auc" not in metrics:
             continue
         cells = []
-        for col, _, _ in COLUMNS:
+        for col in [c[0] for c in COLUMNS] + ["ece_adaptive"]:
             v = metrics[f"{key}.{col}"]
             cells.append("n/a" if v != v else f"{v:.4f}")
+        if noisy:
+            cells += [
+                _ci(metrics, f"noise.{key}.ece"),
+                f"{metrics[f'noise.{key}.ece_floor']:.4f}",
+                _diff(metrics, f"noise.diff.{key}.ece"),
+                _diff(metrics, f"noise.diff.{key}.log_loss"),
+            ]
         name = f"**{label}**" if key == "model" else label
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     beats = []
     for key, label in SCORERS:
         if key in ("model", "oracle") or f"{key}.roc_auc" not in metrics:
             continue
-        won = [
-            name
-            for col, name, higher in COLUMNS
-            if metrics[f"{key}.{col}"] == metrics[f"{key}.{col}"]
-            and (metrics[f"model.{col}"] > metrics[f"{key}.{col}"]) == higher
-        ]
-        beats.append(f"{label}: better on {', '.join(won) if won else 'nothing'}")
+        parts = [(name, _verdict(metrics, key, col, higher)) for col, name, higher in COLUMNS]
+        won = [f"{n} {v}" for n, v in parts if v is not None]
+        beats.append(f"{label}: {', '.join(won)}")
     lines += ["", "The model vs each baseline: " + "; ".join(beats) + ".", ""]
     lines += ["| rank | feature | family | mean abs SHAP (log-odds) | share |", "|---:|---|---|---:|---:|"]
     for i, r in enumerate(imp.itertuples(index=False), 1):
@@ -142,9 +207,18 @@ def figures(metrics: dict[str, float], imp, seconds: dict[str, float]) -> list[s
         f"test_return_rate {metrics['test_return_rate']:.4f} share",
     ]
     for key, _ in SCORERS:
-        for col, _, _ in COLUMNS:
+        for col in [c[0] for c in COLUMNS] + ["ece_adaptive"]:
             if f"{key}.{col}" in metrics:
                 out.append(f"{key}_{col} {metrics[f'{key}.{col}']:.4f} {col}")
+        for suffix, unit in (("ece.lo", "ece"), ("ece.hi", "ece"), ("ece_floor", "ece")):
+            if f"noise.{key}.{suffix}" in metrics:
+                out.append(f"{key}_{suffix.replace('.', '_')} {metrics[f'noise.{key}.{suffix}']:.4f} {unit}")
+        for col in ("ece", "log_loss"):
+            d = f"noise.diff.{key}.{col}"
+            if d in metrics:
+                out.append(f"model_minus_{key}_{col} {metrics[d]:.4f} {col}")
+                out.append(f"model_minus_{key}_{col}_lo {metrics[d + '.lo']:.4f} {col}")
+                out.append(f"model_minus_{key}_{col}_hi {metrics[d + '.hi']:.4f} {col}")
     for i, r in enumerate(imp.itertuples(index=False), 1):
         out.append(f"shap_top{i}_{r.feature} {r.mean_abs_shap:.4f} log-odds")
     out += [f"{stage}_seconds {s:.1f} s" for stage, s in seconds.items()]
@@ -166,6 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--seed", type=int, help="override params.yaml seed (generator and training)")
     ap.add_argument("--top", type=int, default=10, help="top features by mean |SHAP|")
+    ap.add_argument(
+        "--boot", type=int, default=200, help="customer-bootstrap resamples for the ECE intervals (0: none)"
+    )
     ap.add_argument("--format", default="both", choices=("lines", "markdown", "both"))
     args = ap.parse_args(argv)
 
@@ -197,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         t = time.perf_counter()
         say("test-window metrics and TreeSHAP importance")
-        metrics, imp, windows, _ = results(model_dir, features, truth, params, args.top)
+        metrics, imp, windows, summary = results(model_dir, features, truth, params, args.top, args.boot)
         seconds["results"] = time.perf_counter() - t
     finally:
         if tmp is not None:
@@ -206,7 +283,10 @@ def main(argv: list[str] | None = None) -> None:
         print("\n".join(figures(metrics, imp, seconds)))
     if args.format in ("markdown", "both"):
         print()
-        print(markdown(metrics, imp, windows, f"data.source = {source}"))
+        cal = (
+            f"calibration: model {summary.get('model.calibration')}, blind {summary.get('blind.calibration')}"
+        )
+        print(markdown(metrics, imp, windows, f"data.source = {source}, {cal}"))
 
 
 if __name__ == "__main__":
