@@ -53,7 +53,7 @@ class FeaturizeParams:
     late_delivery_days: float = 7.0
     negative_sentiment: float = -0.05
     category_median_min_lines: int = 5
-    stream_method: str = "scan"  # "scan" (numpy merge + segmented scans) or "sql" (window functions)
+    stream_method: str = "scan"  # "scan" (one time-ordered pass, features/scan.py) or "sql" (window functions)
     assembly_chunk_rows: int = 1_000_000  # target lines assembled (and held in memory) at a time
 
     @classmethod
@@ -91,6 +91,10 @@ class Context:
 
     def sql(self, query: str) -> None:
         self.con.execute(query)
+
+    def pending_in(self, text: str) -> bool:
+        """True when `text` (SQL) names a pending table."""
+        return any(re.search(rf"\b{re.escape(n)}\b", text) for n in self.pending)
 
     def need(self, text: str) -> None:
         """Create every pending table that `text` (SQL) names, waiting for its background work."""

@@ -1,0 +1,503 @@
+"""One sequential pass over time that evaluates every as-of stream at once (the "scan" stream method).
+
+The streams (features/streams.py) define each running column as a window aggregate over
+`ORDER BY ts, kind`: a query row (one per target line) sees the events of its key dated strictly before
+its order. Instead of sorting each stream's union by (key, time, kind) (four 10-22M-row sorts at 10M
+lines), this module:
+
+1. fetches each *event source* once with only the columns it sets: events of different streams over the
+   same FROM clause and time (e.g. a line resolving feeds the customer, customer x category and product
+   streams) become one fetch carrying every stream's key; literal values ("1.0") are not fetched at all;
+2. gives every stream key a dense integer code (integer ids minus their minimum, no hashing; strings are
+   dictionary-encoded; key tuples re-densified);
+3. orders all events by time with a stable bucket sort (O(n): a counting pass on coarse time, then the
+   few events sharing a bucket sorted exactly);
+4. walks the target lines in qi order, which is time order (order_ts, line_id), applying every event
+   dated strictly before the line's order to its keys' running state (sums in float64; "last"/"first"
+   the max/min value, as the window SQL's max/min: the latest/earliest for event timestamps) and then
+   reading the line's state for every stream: numba, one pass, O(events + lines x streams).
+
+The result is the same table as the window SQL (`stream_method: sql`, the portable reference): counts
+exactly (whole-number sums come back as int32), other sums up to float rounding (running sums instead
+of the window's; tests/test_features_parity.py at 1e-9).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numba as nb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from features.engine import Context
+
+I64_MIN = np.iinfo(np.int64).min
+
+
+@dataclass
+class _Column:
+    """One running column of one stream, and where the kernel keeps its state and writes its result."""
+
+    stream: int
+    name: str
+    agg: str  # sum | last | first
+    col: int  # position among its stream's sum (or last/first) columns
+    integral: bool = True  # every event value is a whole number (sum columns)
+    abs_total: float = 0.0
+    out_row: int = -1
+    out_int: bool = False
+    type: pa.DataType | None = None  # last / first: the event values' Arrow type
+
+
+@dataclass
+class _Source:
+    """The events of one FROM clause and time expression, for every stream and column they set."""
+
+    source: str
+    ts: str
+    streams: list[int] = field(default_factory=list)  # key slots -> stream index
+    sums: list[tuple[int, str, str]] = field(default_factory=list)  # (slot, column, SQL value)
+    others: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def _literal(expr: str) -> float | None:
+    """The float of a numeric literal value expression ("1.0", "CAST(0 AS DOUBLE)" is not one), else None."""
+    try:
+        return float(expr.strip())
+    except ValueError:
+        return None
+
+
+def _micros(col: pa.ChunkedArray | pa.Array, null: int = I64_MIN) -> np.ndarray:
+    """A TIMESTAMP column as int64 microseconds since the epoch (NULL -> `null`)."""
+    v = pc.fill_null(col.cast(pa.timestamp("us")).cast(pa.int64()), null)
+    return v.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+# ------------------------------------------------------------------------------------------ key codes
+def _codes_of(arr: pa.Array) -> tuple[np.ndarray, int]:
+    """Dense int64 codes of one key column (NULL is a value of its own, as in SQL PARTITION BY)."""
+    if pa.types.is_integer(arr.type) and len(arr):
+        lo, hi = pc.min(arr).as_py(), pc.max(arr).as_py()
+        if lo is not None and hi - lo < 2**31:
+            null = hi - lo + 1
+            vals = np.subtract(pc.fill_null(arr, lo).to_numpy(zero_copy_only=False), lo, dtype=np.int64)
+            if arr.null_count:
+                vals[arr.is_null().to_numpy(zero_copy_only=False)] = null
+            return vals, null + 1
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    enc = arr.dictionary_encode(null_encoding="encode")
+    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), max(1, len(enc.dictionary))
+
+
+def _densify(code: np.ndarray, n_codes: int) -> tuple[np.ndarray, int]:
+    """Renumber the codes in use as 0..k-1 (keeps the state arrays small and cache-friendly)."""
+    if n_codes <= max(1 << 27, 4 * len(code)):
+        used = np.zeros(n_codes, bool)
+        used[code] = True
+        remap = np.cumsum(used, dtype=np.int64)
+        remap -= 1
+        return remap[code], int(remap[-1]) + 1 if n_codes else 0
+    uniq, inv = np.unique(code, return_inverse=True)
+    return inv.astype(np.int64), len(uniq)
+
+
+def key_codes(parts: Sequence[Sequence[pa.ChunkedArray | pa.Array]]) -> tuple[list[np.ndarray], int]:
+    """Dense int32 codes of a key tuple over several row sets (queries, each event source), and their count.
+
+    parts[i][k] is key column k of row set i. Equal key tuples get equal codes across the row sets.
+    """
+    n_keys = len(parts[0]) if parts else 0
+    sizes = [len(p[0]) if n_keys else 0 for p in parts]
+    code, n_codes = np.zeros(sum(sizes), np.int64), 1
+    for k in range(n_keys):
+        cols = [p[k] for p in parts]
+        typ = next((c.type for c in cols if len(c)), cols[0].type)
+        chunks = []
+        for c in cols:
+            c = c.cast(typ) if c.type != typ else c
+            chunks.extend(c.chunks if isinstance(c, pa.ChunkedArray) else [c])
+        arr = pa.concat_arrays([ch.cast(typ) for ch in chunks]) if chunks else pa.array([], typ)
+        c, n = _codes_of(arr)
+        del arr
+        if k == 0:
+            code, n_codes = c, n
+        else:
+            code *= n
+            code += c
+            n_codes *= n
+            code, n_codes = _densify(code, n_codes)
+    if n_keys > 1 or n_codes > max(1 << 20, 2 * len(code)):
+        code, n_codes = _densify(code, n_codes)
+    out, at = [], 0
+    for s in sizes:
+        out.append(code[at : at + s].astype(np.int32))
+        at += s
+    return out, max(1, n_codes)
+
+
+# ------------------------------------------------------------------------------------------ kernels
+@nb.njit(cache=True, nogil=True)
+def time_order(ts: np.ndarray) -> np.ndarray:
+    """Stable argsort of int64 times in O(n): counting sort on coarse time, then exact sort per bucket."""
+    n = len(ts)
+    perm = np.empty(n, np.int64)
+    if n == 0:
+        return perm
+    lo, hi = ts[0], ts[0]
+    for i in range(n):
+        if ts[i] < lo:
+            lo = ts[i]
+        if ts[i] > hi:
+            hi = ts[i]
+    span = np.uint64(hi - lo)
+    target = max(1, n // 4)
+    shift = 0
+    while (span >> np.uint64(shift)) >= np.uint64(target):
+        shift += 1
+    nb_ = np.int64(span >> np.uint64(shift)) + 1
+    start = np.zeros(nb_ + 1, np.int64)
+    for i in range(n):
+        start[np.int64(np.uint64(ts[i] - lo) >> np.uint64(shift)) + 1] += 1
+    for b in range(nb_):
+        start[b + 1] += start[b]
+    fill = start[:-1].copy()
+    for i in range(n):
+        b = np.int64(np.uint64(ts[i] - lo) >> np.uint64(shift))
+        perm[fill[b]] = i
+        fill[b] += 1
+    for b in range(nb_):
+        a, e = start[b], start[b + 1]
+        if e - a < 2:
+            continue
+        if e - a > 32:
+            seg = perm[a:e].copy()
+            order = np.argsort(ts[seg], kind="mergesort")
+            for j in range(e - a):
+                perm[a + j] = seg[order[j]]
+            continue
+        for j in range(a + 1, e):  # insertion sort (stable: strictly smaller moves left)
+            p = perm[j]
+            t = ts[p]
+            k = j - 1
+            while k >= a and ts[perm[k]] > t:
+                perm[k + 1] = perm[k]
+                k -= 1
+            perm[k + 1] = p
+    return perm
+
+
+@nb.njit(cache=True, nogil=True)
+def _scan_kernel(
+    q_ts, q_codes, e_ts, e_perm, e_src, src_start, src_n, k_off, v_off, i_off,
+    sum_ops, sum_const, sum_op_start, oth_ops, oth_op_start,
+    kflat, vflat, iflat, ivalid,
+    state, o_val, o_set,
+    read_sum, read_oth, out_f, out_i, out_o, out_ov,
+):  # fmt: skip
+    """Apply events in time order; before each query (time order), every event dated strictly earlier.
+
+    sum_ops rows: (key slot, state base, stride, column, value slot or -1 for sum_const); oth_ops rows:
+    (key slot, base, stride, column, int value slot, 1 = last: max / 2 = first: min). read_sum rows: (stream,
+    base, stride, column, 1 = int32 output, output row); read_oth rows: (stream, base, stride, column,
+    output row). Query codes -1: the line has no query row in that stream (output left as initialised).
+    """
+    nq = len(q_ts)
+    ne = len(e_perm)
+    j = 0
+    for q in range(nq):
+        t = q_ts[q]
+        while j < ne and e_ts[e_perm[j]] < t:
+            i = e_perm[j]
+            s = e_src[i]
+            r = i - src_start[s]
+            n = src_n[s]
+            for o in range(sum_op_start[s], sum_op_start[s + 1]):
+                code = kflat[k_off[s] + sum_ops[o, 0] * n + r]
+                v = sum_const[o] if sum_ops[o, 4] < 0 else vflat[v_off[s] + sum_ops[o, 4] * n + r]
+                state[sum_ops[o, 1] + code * sum_ops[o, 2] + sum_ops[o, 3]] += v
+            for o in range(oth_op_start[s], oth_op_start[s + 1]):
+                at = i_off[s] + oth_ops[o, 4] * n + r
+                if not ivalid[at]:
+                    continue
+                code = kflat[k_off[s] + oth_ops[o, 0] * n + r]
+                x = oth_ops[o, 1] + code * oth_ops[o, 2] + oth_ops[o, 3]
+                v = iflat[at]
+                if not o_set[x] or (v > o_val[x] if oth_ops[o, 5] == 1 else v < o_val[x]):
+                    o_set[x] = 1
+                    o_val[x] = v
+            j += 1
+        for o in range(read_sum.shape[0]):
+            code = q_codes[read_sum[o, 0], q]
+            if code < 0:
+                continue
+            v = state[read_sum[o, 1] + code * read_sum[o, 2] + read_sum[o, 3]]
+            if read_sum[o, 4] == 1:
+                out_i[read_sum[o, 5], q] = np.int32(np.rint(v))
+            else:
+                out_f[read_sum[o, 5], q] = v
+        for o in range(read_oth.shape[0]):
+            code = q_codes[read_oth[o, 0], q]
+            if code < 0:
+                continue
+            x = read_oth[o, 1] + code * read_oth[o, 2] + read_oth[o, 3]
+            if o_set[x]:
+                out_o[read_oth[o, 4], q] = o_val[x]
+                out_ov[read_oth[o, 4], q] = 1
+
+
+# ------------------------------------------------------------------------------------------ driver
+def _sources(
+    names: Sequence[str], cols: Mapping[str, Sequence], evs: Mapping[str, Sequence]
+) -> tuple[list[_Source], dict[tuple[int, str], _Column]]:
+    """Group every stream's events by (FROM clause, time): one fetch per group, each stream a key slot."""
+    columns: dict[tuple[int, str], _Column] = {}
+    for s, name in enumerate(names):
+        n_sum = n_oth = 0
+        for c in cols[name]:
+            if c.agg == "sum":
+                columns[(s, c.name)] = _Column(s, c.name, c.agg, n_sum)
+                n_sum += 1
+            else:
+                columns[(s, c.name)] = _Column(s, c.name, c.agg, n_oth)
+                n_oth += 1
+    by_key: dict[tuple[str, str], _Source] = {}
+    for s, name in enumerate(names):
+        for e in evs[name]:
+            src = by_key.setdefault((e.source, e.ts), _Source(e.source, e.ts))
+            if s not in src.streams:
+                src.streams.append(s)
+            slot = src.streams.index(s)
+            for c, v in e.values.items():
+                target = src.sums if columns[(s, c)].agg == "sum" else src.others
+                target.append((slot, c, v))
+    return list(by_key.values()), columns
+
+
+def scan_streams(
+    ctx: Context,
+    specs: Mapping[str, Any],
+    cols: Mapping[str, Sequence],
+    evs: Mapping[str, Sequence],
+    out: dict,
+    timing_prefix: str = "scan",
+) -> None:
+    """Evaluate the running columns `cols[stream]` from the events `evs[stream]` of every stream in one pass.
+
+    Fills `out[column] = (values aligned with qi, null mask or None)` and `out["_type_<column>"]` like
+    the per-stream scan did: whole-number sums int32 (mask: lines without a query row), other sums
+    float64 (NaN without a query row), last/first int64 with their Arrow type.
+    """
+    names = [n for n in specs if cols.get(n)]
+    size = int(out["_n"])
+    if not names:
+        return
+    sources, columns = _sources(names, cols, evs)
+    tick = [time.perf_counter()]
+
+    def lap(step: str) -> None:
+        now = time.perf_counter()
+        key = f"{timing_prefix}_{step}_s"
+        ctx.timings[key] = ctx.timings.get(key, 0.0) + now - tick[0]
+        tick[0] = now
+
+    # ---- queries: one fetch per distinct query SQL shape (streams over the same WHERE share it)
+    q_ts = np.full(size, I64_MIN, np.int64)
+    have_ts = np.zeros(size, bool)
+    q_keys: dict[int, list[pa.ChunkedArray]] = {}
+    q_rows: dict[int, np.ndarray] = {}
+    by_where: dict[str, list[int]] = {}
+    for s, name in enumerate(names):
+        by_where.setdefault(specs[name].where, []).append(s)
+    for group in by_where.values():
+        keys = tuple(dict.fromkeys(k for s in group for k in specs[names[s]].keys))
+        sql = replace(specs[names[group[0]]], keys=keys).queries  # the group's queries with every key
+        q = ctx.con.sql(f"SELECT qi, ts, {', '.join(keys)} FROM ({sql}) q").to_arrow_table()
+        qi = q.column("qi").to_numpy().astype(np.int64)
+        ts = _micros(q.column("ts"))
+        if have_ts[qi].any() and not np.array_equal(q_ts[qi][have_ts[qi]], ts[have_ts[qi]]):
+            raise ValueError("streams: query rows of one target line disagree on its time")
+        q_ts[qi] = ts
+        have_ts[qi] = True
+        for s in group:
+            q_rows[s] = qi
+            q_keys[s] = [q.column(k) for k in specs[names[s]].keys]
+        del q
+    if size and not have_ts.all():
+        q_ts = np.maximum.accumulate(np.where(have_ts, q_ts, I64_MIN))  # rows read by no stream
+    if size > 1 and (q_ts[1:] < q_ts[:-1]).any():
+        raise ValueError("streams: target lines (qi) are not in time order")
+
+    lap("queries")
+    # ---- events: one fetch per source
+    fetched = []
+    for src in sources:
+        key_cols = []
+        for slot, s in enumerate(src.streams):
+            for i, k in enumerate(specs[names[s]].keys):
+                key_cols.append(f"{k} AS k{slot}_{i}")
+        vals = []
+        for j, (_, _, v) in enumerate(src.sums):
+            if _literal(v) is None:
+                vals.append(f"CAST({v} AS DOUBLE) AS v{j}")
+        for j, (_, _, v) in enumerate(src.others):
+            vals.append(f"{v} AS o{j}")
+        inner = f"SELECT {', '.join([*key_cols, f'{src.ts} AS ts__', *vals])} {src.source}"
+        t = ctx.con.sql(f"SELECT * FROM ({inner}) e WHERE ts__ IS NOT NULL").to_arrow_table()
+        fetched.append(t)
+
+    lap("fetch")
+    # ---- key codes per stream over its queries and every source feeding it
+    n_src = len(sources)
+    n_rows = np.array([t.num_rows for t in fetched], np.int64)
+    src_start = np.zeros(n_src + 1, np.int64)
+    np.cumsum(n_rows, out=src_start[1:])
+    n_codes: list[int] = []
+    q_codes = np.full((len(names), size), -1, np.int32)
+    k_off = np.zeros(n_src, np.int64)
+    kparts: list[list[np.ndarray | None]] = [[None] * len(src.streams) for src in sources]
+    for s, name in enumerate(names):
+        feeding = [(j, src.streams.index(s)) for j, src in enumerate(sources) if s in src.streams]
+        parts = [q_keys.pop(s)]
+        for j, slot in feeding:
+            parts.append([fetched[j].column(f"k{slot}_{i}") for i in range(len(specs[name].keys))])
+        codes, n = key_codes(parts)
+        n_codes.append(n)
+        q_codes[s, q_rows[s]] = codes[0]
+        for (j, slot), c in zip(feeding, codes[1:], strict=True):
+            kparts[j][slot] = c
+    kflat_parts = []
+    at = 0
+    for j in range(n_src):
+        k_off[j] = at
+        for c in kparts[j]:
+            kflat_parts.append(c)
+            at += len(c)
+    kflat = np.concatenate(kflat_parts) if kflat_parts else np.zeros(0, np.int32)
+    del kflat_parts, kparts
+
+    lap("codes")
+    # ---- state layout: per stream, sum columns then last/first columns, row-major per key
+    n_sum = [sum(1 for c in columns.values() if c.stream == s and c.agg == "sum") for s in range(len(names))]
+    n_oth = [sum(1 for c in columns.values() if c.stream == s and c.agg != "sum") for s in range(len(names))]
+    sum_base = np.zeros(len(names), np.int64)
+    oth_base = np.zeros(len(names), np.int64)
+    for s in range(1, len(names)):
+        sum_base[s] = sum_base[s - 1] + n_codes[s - 1] * n_sum[s - 1]
+        oth_base[s] = oth_base[s - 1] + n_codes[s - 1] * n_oth[s - 1]
+    state = np.zeros(int(sum_base[-1] + n_codes[-1] * n_sum[-1]), np.float64)
+    n_ostate = int(oth_base[-1] + n_codes[-1] * n_oth[-1])
+    o_val = np.zeros(n_ostate, np.int64)
+    o_set = np.zeros(n_ostate, np.uint8)
+
+    # ---- values and operations per source
+    sum_ops, sum_const, sum_op_start = [], [], [0]
+    oth_ops, oth_op_start = [], [0]
+    v_off = np.zeros(n_src, np.int64)
+    i_off = np.zeros(n_src, np.int64)
+    vparts, iparts, vparts_valid = [], [], []
+    vat = iat = 0
+    for j, src in enumerate(sources):
+        t = fetched[j]
+        v_off[j], i_off[j] = vat, iat
+        slot_v = 0
+        for jj, (slot, c, v) in enumerate(src.sums):
+            s = src.streams[slot]
+            col = columns[(s, c)]
+            lit = _literal(v)
+            if lit is None:
+                arr = (
+                    pc.fill_null(t.column(f"v{jj}"), 0.0)
+                    .to_numpy(zero_copy_only=False)
+                    .astype(np.float64, copy=False)
+                )
+                if col.integral and not np.array_equal(np.rint(arr), arr):
+                    col.integral = False
+                col.abs_total += float(np.abs(arr).sum())
+                vparts.append(arr)
+                vat += len(arr)
+                sum_ops.append((slot, sum_base[s], n_sum[s], col.col, slot_v))
+                sum_const.append(0.0)
+                slot_v += 1
+            else:
+                if col.integral and lit != round(lit):
+                    col.integral = False
+                col.abs_total += abs(lit) * t.num_rows
+                sum_ops.append((slot, sum_base[s], n_sum[s], col.col, -1))
+                sum_const.append(lit)
+        for jj, (slot, c, _) in enumerate(src.others):
+            s = src.streams[slot]
+            col = columns[(s, c)]
+            arr = t.column(f"o{jj}")
+            if col.type is None:
+                col.type = arr.type
+            vals = (
+                pc.fill_null(arr.cast(pa.int64()), 0)
+                .to_numpy(zero_copy_only=False)
+                .astype(np.int64, copy=False)
+            )
+            iparts.append(vals)
+            vparts_valid.append(arr.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8))
+            oth_ops.append((slot, oth_base[s], n_oth[s], col.col, jj, 1 if col.agg == "last" else 2))
+            iat += len(vals)
+        sum_op_start.append(len(sum_ops))
+        oth_op_start.append(len(oth_ops))
+    e_ts = np.concatenate([_micros(t.column("ts__")) for t in fetched]) if fetched else np.zeros(0, np.int64)
+    del fetched
+    vflat = np.concatenate(vparts) if vparts else np.zeros(0)
+    iflat = np.concatenate(iparts) if iparts else np.zeros(0, np.int64)
+    ivalid = np.concatenate(vparts_valid) if vparts_valid else np.zeros(0, np.uint8)
+    del vparts, iparts, vparts_valid
+    e_src = np.repeat(np.arange(n_src, dtype=np.int32), n_rows)
+    lap("values")
+    e_perm = time_order(e_ts)
+    lap("sort")
+
+    # ---- outputs
+    read_sum, read_oth = [], []
+    nf = ni = no = 0
+    for (s, _), col in columns.items():
+        if col.agg == "sum":
+            col.out_int = col.integral and col.abs_total < 2**31
+            if col.out_int:
+                col.out_row, ni = ni, ni + 1
+            else:
+                col.out_row, nf = nf, nf + 1
+            read_sum.append((s, sum_base[s], n_sum[s], col.col, int(col.out_int), col.out_row))
+        else:
+            col.out_row, no = no, no + 1
+            read_oth.append((s, oth_base[s], n_oth[s], col.col, col.out_row))
+    out_f = np.full((nf, size), np.nan)
+    out_i = np.zeros((ni, size), np.int32)
+    out_o = np.zeros((no, size), np.int64)
+    out_ov = np.zeros((no, size), np.uint8)
+
+    def arr2(rows: list, width: int) -> np.ndarray:
+        return np.array(rows, np.int64).reshape(len(rows), width)
+
+    _scan_kernel(
+        q_ts, q_codes, e_ts, e_perm, e_src, src_start, n_rows, k_off, v_off, i_off,
+        arr2(sum_ops, 5), np.array(sum_const, np.float64), np.array(sum_op_start, np.int64),
+        arr2(oth_ops, 6), np.array(oth_op_start, np.int64),
+        kflat, vflat, iflat, ivalid, state, o_val, o_set,
+        arr2(read_sum, 6), arr2(read_oth, 5), out_f, out_i, out_o, out_ov,
+    )  # fmt: skip
+    lap("kernel")
+    no_query = {s: q_codes[s] < 0 for s in range(len(names))}
+    for (s, name), col in columns.items():
+        if col.agg == "sum":
+            if col.out_int:
+                out[name] = (out_i[col.out_row], no_query[s])
+                out[f"_type_{name}"] = pa.int32()
+            else:
+                out[name] = (out_f[col.out_row], None)
+        else:
+            out[name] = (out_o[col.out_row], out_ov[col.out_row] == 0)
+            if col.type is not None:
+                out[f"_type_{name}"] = col.type
