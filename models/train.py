@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from models.artifact import ReturnModel, encode_frame, learn_levels
-from models.calibration import choose_and_fit, recency_weights
+from models.calibration import fit_from_config
 from models.evaluation import CostModel, binary_metrics, choose_threshold
 
 # OpenMP threads that spin while waiting are ruinous on a shared, oversubscribed 2-core machine
@@ -241,22 +241,8 @@ def train_return_model(
     info["fit_seconds"] = time.perf_counter() - t0
     raw_val = np.asarray(booster.predict(X_val, raw_score=True), dtype=np.float64)
     # Calibration on the validation window only (params train.calibration*; models/calibration.py).
-    half_life = cfg.get("calibration_half_life_days")
-    calibrator, cal_scores = choose_and_fit(
-        raw_val,
-        y_val,
-        method=str(cfg.get("calibration", "auto")),
-        folds=int(cfg.get("calibration_folds", 5)),
-        seed=seed,
-        candidates=tuple(cfg.get("calibration_candidates", ("platt", "isotonic"))),
-        select=str(cfg.get("calibration_select", "logloss")),
-        weights=recency_weights(frame.loc[va, TS], None if half_life is None else float(half_life)),
-        ece_bins=int(cfg.get("ece_bins", 15)),
-    )
-    info["calibration"] = calibrator.method
-    for k, v in cal_scores.items():
-        method, _, metric = k.partition(".")
-        info[f"calibration_cv_{metric or 'logloss'}_{method}"] = v
+    calibrator, cal_info = fit_from_config(raw_val, y_val, frame.loc[va, TS], cfg, seed)
+    info.update(cal_info)
     model = ReturnModel(
         booster=booster,
         features=features,
@@ -392,7 +378,14 @@ def train_all(
     preds[LABEL] = rows[LABEL].to_numpy(dtype=np.int8)
     preds["p_model"] = main.model.predict_proba(rows)
     preds["p_blind"] = blind.model.predict_proba(rows)
-    preds["p_logreg"] = logreg.predict_proba(logreg_frame(rows, specs))[:, 1]
+    # The logistic baseline gets the same calibration step as the two LightGBMs (fitted on its
+    # validation decision values), so the comparison is between equally calibrated scorers.
+    logreg_raw = logreg.decision_function(logreg_frame(rows, specs))
+    on_val = (split[ev] == "val").to_numpy()
+    logreg_cal, logreg_cal_info = fit_from_config(
+        logreg_raw[on_val], preds[LABEL].to_numpy()[on_val], rows.loc[on_val, TS], cfg, seed
+    )
+    preds["p_logreg"] = logreg_cal.apply(logreg_raw)
     preds["p_rate"] = train_rate
     preds = preds.reset_index(drop=True)
 
@@ -420,6 +413,7 @@ def train_all(
         "logreg_fit_seconds": logreg_seconds,
         **{f"model.{k}": v for k, v in main.info.items()},
         **{f"blind.{k}": v for k, v in blind.info.items()},
+        **{f"logreg.{k}": v for k, v in logreg_cal_info.items()},
     }
     for col, key in (("p_model", "model"), ("p_blind", "blind"), ("p_logreg", "logreg")):
         m = binary_metrics(preds.loc[test, LABEL].to_numpy(), preds.loc[test, col].to_numpy())

@@ -51,3 +51,16 @@ def test_recency_half_life_changes_the_fit_and_only_uses_validation_lines():
         raw, df.loc[va, "returned"].to_numpy(), recency_weights(df.loc[va, "order_ts"], 10.0)
     )
     assert recent.model.calibrator.a == expected.a and recent.model.calibrator.b == expected.b
+
+
+def test_every_scorer_is_calibrated_by_the_same_rule():
+    from models.train import train_all
+
+    df, _ = synthetic_features(n=6000, seed=1)
+    cfg = {**CFG, "calibration": "platt"}
+    result = train_all(df, SPECS, cfg, seed=42)
+    s = result.summary
+    assert s["model.calibration"] == s["blind.calibration"] == s["logreg.calibration"] == "platt"
+    # the logistic baseline's validation probabilities are Platt-recalibrated: their mean matches the rate
+    val = result.predictions[result.predictions["split"] == "val"]
+    assert abs(val["p_logreg"].mean() - val["returned"].mean()) < 1e-3
