@@ -158,3 +158,18 @@ def test_auto_picks_beta_among_candidates_when_the_truth_is_beta():
     assert cal.method == "beta" and set(scores) >= {"platt", "beta", "isotonic"}
     with pytest.raises(ValueError, match="candidates"):
         choose_and_fit(raw, y, candidates=("platt", "magic"))
+
+
+def test_default_candidates_keep_the_ranking_isotonic_ties_lines():
+    """Why params train.calibration_candidates leaves isotonic out: its flat steps tie lines."""
+    from sklearn.metrics import average_precision_score
+
+    raw, y, _ = _beta_truth(n=20000, seed=8)
+    ap_raw = average_precision_score(y, raw)
+    for method in ("platt", "beta", "blend"):
+        p = fit_calibrator(method, raw, y).apply(raw)
+        assert len(np.unique(p)) == len(np.unique(raw))  # strictly increasing: no new ties
+        assert average_precision_score(y, p) == pytest.approx(ap_raw, abs=1e-12)
+    p_iso = fit_isotonic(raw, y).apply(raw)
+    assert len(np.unique(p_iso)) < len(np.unique(raw)) / 10
+    assert average_precision_score(y, p_iso) < ap_raw
