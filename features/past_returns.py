@@ -6,6 +6,12 @@ before the order's timestamp count, and a rate's denominator is the earlier line
 known at that time (returned, or past their return window): a purchase from three days ago is not yet
 evidence of anything. Rates are shrunk towards the population rate as of the start of the order's day
 (pseudo-counts from params), so a new customer or product gets the population rate, not 0 or 1.
+
+The customer's returns are also split by the reason they gave (`REASON_GROUPS`): fit returns (too small /
+too large) say the customer has trouble finding their size, claims (damaged, not as described) and quality
+complaints can be real or a pretext, "changed my mind" is the plain habit; returns sent in the last part of
+the return window (`LATE_SHARE` of it) are what wardrobing looks like. Each is a rate over the customer's
+resolved earlier lines, shrunk towards 0 with customer_prior_weight pseudo-lines.
 """
 
 from __future__ import annotations
@@ -16,6 +22,21 @@ from features.streams import Events, Running
 
 FAMILY = "past_returns"
 
+#: Return reasons grouped by what they say about the customer (returns.reason, pipeline.contract.RETURN_REASONS).
+REASON_GROUPS = {
+    "fit": ("too_small", "too_large"),
+    "claim": ("damaged", "not_as_described"),
+    "quality": ("quality",),
+    "mind": ("changed_mind", "other"),
+}
+#: A return recorded after this share of the return window had passed counts as late.
+LATE_SHARE = 0.6
+
+
+def _in(reasons: tuple[str, ...]) -> str:
+    return "(" + ", ".join(f"'{r}'" for r in reasons) + ")"
+
+
 #: The customer's smoothed return rate; also the prior of the category family's per-category rate.
 CUSTOMER_RATE = "((s.c_ret + {customer_prior_weight} * pop.rate) / (s.c_res + {customer_prior_weight}))"
 
@@ -24,6 +45,7 @@ RUNNINGS = [
     Running("customer", "c_ret"),
     Running("customer", "c_retval"),
     Running("customer", "c_last_ret", "last"),
+    *(Running("customer", f"c_ret_{g}") for g in (*REASON_GROUPS, "late")),
     Running("product", "p_res"),
     Running("product", "p_ret"),
 ]
@@ -38,6 +60,20 @@ EVENTS = [
             "c_ret": "CASE WHEN is_first THEN 1.0 ELSE 0.0 END",
             "c_retval": "CAST(quantity * unit_price AS DOUBLE)",
             "c_last_ret": "return_ts",
+        }
+        | {
+            f"c_ret_{g}": f"CASE WHEN is_first AND reason IN {_in(reasons)} THEN 1.0 ELSE 0.0 END"
+            for g, reasons in REASON_GROUPS.items()
+        },
+    ),
+    Events(
+        "customer",
+        "FROM (SELECT r.customer_id, r.return_ts, r.is_first, l.order_ts AS line_order_ts FROM ret r "
+        "JOIN ln l ON l.line_id = r.line_id) rl",
+        "return_ts",
+        {
+            "c_ret_late": f"CASE WHEN is_first AND epoch(return_ts) - epoch(line_order_ts) >= "
+            f"CAST({LATE_SHARE!r} AS DOUBLE) * {{return_window_days}} * 86400.0 THEN 1.0 ELSE 0.0 END"
         },
     ),
     Events("product", "FROM ln", "resolved_ts", {"p_res": "1.0"}),
@@ -84,6 +120,50 @@ FEATURES = [
         "Days since the customer's latest return recorded before the order (empty if none).",
         True,
         days_between("l.order_ts", "s.c_last_ret"),
+    ),
+    FeatureSpec(
+        "cust_fit_return_rate",
+        FAMILY,
+        "numeric",
+        "Share of the customer's resolved earlier lines returned as too small or too large (shrunk towards 0).",
+        True,
+        "(s.c_ret_fit / (s.c_res + {customer_prior_weight}))",
+        requires=("returns.reason",),
+    ),
+    FeatureSpec(
+        "cust_claim_return_rate",
+        FAMILY,
+        "numeric",
+        "Share of the customer's resolved earlier lines returned as damaged or not as described (shrunk towards 0).",
+        True,
+        "(s.c_ret_claim / (s.c_res + {customer_prior_weight}))",
+        requires=("returns.reason",),
+    ),
+    FeatureSpec(
+        "cust_quality_return_rate",
+        FAMILY,
+        "numeric",
+        "Share of the customer's resolved earlier lines returned for quality (shrunk towards 0).",
+        True,
+        "(s.c_ret_quality / (s.c_res + {customer_prior_weight}))",
+        requires=("returns.reason",),
+    ),
+    FeatureSpec(
+        "cust_mind_return_rate",
+        FAMILY,
+        "numeric",
+        "Share of the customer's resolved earlier lines returned as changed mind or other (shrunk towards 0).",
+        True,
+        "(s.c_ret_mind / (s.c_res + {customer_prior_weight}))",
+        requires=("returns.reason",),
+    ),
+    FeatureSpec(
+        "cust_late_return_rate",
+        FAMILY,
+        "numeric",
+        "Share of the customer's resolved earlier lines returned late in the return window (shrunk towards 0).",
+        True,
+        "(s.c_ret_late / (s.c_res + {customer_prior_weight}))",
     ),
     FeatureSpec(
         "product_resolved_lines",

@@ -259,10 +259,39 @@ def render_reasons(
 
 
 # ---------------------------------------------------------------- templates, one per reason
+#: The reason-mix features of the past_returns family and how a sentence names them.
+_RETURN_MIX = {
+    "cust_fit_return_rate": "as too small or too large",
+    "cust_claim_return_rate": "as damaged or not as described",
+    "cust_quality_return_rate": "for quality",
+    "cust_mind_return_rate": "as changed mind",
+    "cust_late_return_rate": "late in the return window",
+}
+
+
 def _customer_returns(lines: Lines) -> np.ndarray:
-    """'This customer returned 7 of their last 9 items' (resolved earlier lines only)."""
+    """'This customer returned 7 of their last 9 items' (resolved earlier lines only); when one kind of
+    return drove the score: 'This customer returned 12% of their 25 earlier items as damaged or not as described'."""
     res, ret = lines.num("cust_resolved_lines"), lines.num("cust_returns")
     days = lines.num("cust_days_since_last_return")
+    groups = {"overall": ("cust_resolved_lines", "cust_returns", "cust_return_rate", "cust_returned_value")}
+    groups |= {name: (name,) for name in _RETURN_MIX}
+    part = lines.strongest(groups)
+    mix_sentences, mix_conds = [], []
+    for name, words in _RETURN_MIX.items():
+        rate = lines.num(name)
+        mix_conds.append((part == name) & (res > 0) & (rate > 0))
+        mix_sentences.append(
+            cat(
+                "This customer returned ",
+                fmt_pct(rate),
+                " of their ",
+                fmt_int(res),
+                plural(res, " earlier item", " earlier items"),
+                " ",
+                words,
+            )
+        )
     main = cat(
         "This customer returned ",
         fmt_int(ret),
@@ -272,11 +301,12 @@ def _customer_returns(lines: Lines) -> np.ndarray:
     )
     recent = cat(main, ", the latest ", fmt_int(days), plural(np.round(days), " day ago", " days ago"))
     return choose(
-        [~(res > 0), days < 31],
+        [~(res > 0), *mix_conds, days < 31],
         [
             np.full(
                 len(lines), "This customer has no earlier purchase whose outcome is known yet", dtype=object
             ),
+            *mix_sentences,
             recent,
         ],
         main,
@@ -311,6 +341,7 @@ register(
             "cust_return_rate",
             "cust_returned_value",
             "cust_days_since_last_return",
+            *_RETURN_MIX,
         ),
         _customer_returns,
     )
@@ -492,6 +523,7 @@ def _size(lines: Lines) -> np.ndarray:
             "distance": ("size_vs_kept_mode", "size_vs_kept_median"),
             "never": ("size_ever_kept", "n_sizes_kept", "n_items_kept_sized"),
             "product": ("product_size_tendency",),
+            "inferred": _INFERRED_SIZE,
         }
     )
     d = lines.num("size_vs_kept_mode")
@@ -526,11 +558,52 @@ def _size(lines: Lines) -> np.ndarray:
         " (earlier returns and reviews)",
     )
     dist = (part == "distance") & (np.abs(d) >= 1)
+    p_small, p_large = lines.num("size_prob_too_small"), lines.num("size_prob_too_large")
+    p_fit, n_ord = lines.num("size_fit_prob"), lines.num("n_items_ordered_sized")
+    inferred = part == "inferred"
+    evidence = cat(
+        " (from ", fmt_int(n_ord), plural(n_ord, " earlier order", " earlier orders"), " and returns)"
+    )
+    too = cat(
+        np.where(size != "", cat("Size ", size), "The ordered size").astype(object),
+        " is probably too ",
+        np.where(p_small >= p_large, "small", "large").astype(object),
+        " for this customer (",
+        fmt_pct(np.maximum(p_small, p_large)),
+        " likely)",
+        evidence,
+    )
+    unsure = cat(
+        "This customer's size is uncertain: ",
+        fmt_pct(p_fit),
+        " likely that ",
+        np.where(size != "", cat("size ", size), "this size").astype(object),
+        " fits",
+        evidence,
+    )
     return choose(
-        [dist & known, dist, (part == "product") & (tend != 0), n_kept > 0],
-        [labelled, steps, runs, never],
+        [
+            inferred & (np.maximum(p_small, p_large) > p_fit),
+            inferred & (p_fit < 0.5),
+            dist & known,
+            dist,
+            (part == "product") & (tend != 0),
+            n_kept > 0,
+        ],
+        [too, unsure, labelled, steps, runs, never],
         first,
     )
+
+
+#: The size family's inferred-true-size features (features/size.py posterior).
+_INFERRED_SIZE = (
+    "size_fit_prob",
+    "size_prob_too_small",
+    "size_prob_too_large",
+    "size_vs_inferred",
+    "size_uncertainty",
+    "n_items_ordered_sized",
+)
 
 
 register(
@@ -545,6 +618,7 @@ register(
             "n_sizes_kept",
             "n_items_kept_sized",
             "product_size_tendency",
+            *_INFERRED_SIZE,
         ),
         _size,
     )

@@ -121,7 +121,88 @@ def test_product_size_tendency_from_earlier_reasons_and_reviews():
     assert f.loc[q, "product_size_tendency"] == pytest.approx((2 - 0) / (2 + 0 + 5))
 
 
+def test_inferred_size_from_an_ordered_and_kept_m():
+    # M (rank 3) ordered on 01-01 and kept (window over 01-31): log-likelihood of true rank T is
+    # -2|3-T| (ordered) - 1|3-T| (kept) = -3|3-T|; prior without shoes N(3.15, 1.40^2); T in 0..7.
+    # exp(-3|3-T| - ((T-3.15)/1.4)^2 / 2) normalised: P(T=3) 0.92660, P(T=4) 0.03859, P(T=5) 0.00096;
+    # posterior mean 3.00600, sd 0.28032.
+    t = base()
+    t.order(1, 1, "2024-01-01", [{"product_id": 10, "size": "M"}])
+    (q,) = t.order(2, 1, "2024-03-01", [{"product_id": 11, "size": "L"}])
+    f = feats(t).loc[q]
+    assert f["size_fit_prob"] == pytest.approx(0.0385884, abs=1e-6)
+    assert f["size_prob_too_small"] == pytest.approx(0.0009648, abs=1e-6)  # true size XL
+    assert f["size_prob_too_large"] == pytest.approx(0.9266008, abs=1e-6)  # true size M
+    assert f["size_vs_inferred"] == pytest.approx(0.9939981, abs=1e-6)
+    assert f["size_uncertainty"] == pytest.approx(0.2803208, abs=1e-6)
+    assert f["n_items_ordered_sized"] == 1.0
+
+
+def test_a_too_small_return_moves_the_inferred_size_up_from_when_it_is_recorded():
+    # S (rank 2) ordered 01-01: -2|2-T|; returned too small on 01-05: a further -2 for every T <= 2.
+    t = base()
+    (a,) = t.order(1, 1, "2024-01-01", [{"product_id": 10, "size": "S"}])
+    t.ret(a, "2024-01-05", "too_small")
+    (before,) = t.order(2, 1, "2024-01-04", [{"product_id": 11, "size": "S"}])
+    (after,) = t.order(3, 1, "2024-01-10", [{"product_id": 11, "size": "S"}])
+    f = feats(t)
+    # before the return: exp(-2|2-T| - ((T-3.15)/1.4)^2/2) -> P(T=2) 0.78630, P(T=3) 0.14826
+    assert f.loc[before, "size_fit_prob"] == pytest.approx(0.7863049, abs=1e-6)
+    assert f.loc[before, "size_prob_too_small"] == pytest.approx(0.1482614, abs=1e-6)
+    # after: two S ordered (the 01-04 line too): -4|2-T|, and the return: -2 for T <= 2
+    # -> P(T=2) 0.83375, P(T=3) 0.15721, P(T=1) 0.00658, mean 2.15545 (without the return P(T=3) would be 0.0247)
+    assert f.loc[after, "size_fit_prob"] == pytest.approx(0.8337502, abs=1e-6)
+    assert f.loc[after, "size_prob_too_small"] == pytest.approx(0.1572075, abs=1e-6)
+    assert f.loc[after, "size_prob_too_large"] == pytest.approx(0.0065804, abs=1e-6)
+    assert f.loc[after, "size_vs_inferred"] == pytest.approx(-0.1554486, abs=1e-6)
+    assert f.loc[after, "n_items_ordered_sized"] == 2.0
+
+
+def test_shoe_sizes_give_the_prior_for_a_first_alpha_size():
+    # two pairs of EU 42 (rank 8): standard scores (8 - 5.60) / 2.65 each, sum 1.81132. Alpha prior mean
+    # 3.15 + 1.40 x 0.7 x 1.81132 / (2 + 1) = 3.74170, sd 1.40 x sqrt(1 - 0.49 x 2/3) = 1.14880. No alpha
+    # evidence: P(T) = the discretised prior over 0..7; L (rank 4): P(T=4) 0.33875, P(T=5) 0.19070,
+    # P(T=3) 0.28206, mean 3.74045.
+    t = base()
+    t.order(1, 1, "2024-01-01", [{"product_id": 20, "size": "42"}])
+    t.order(2, 1, "2024-02-01", [{"product_id": 20, "size": "42"}])
+    (q,) = t.order(3, 1, "2024-03-01", [{"product_id": 10, "size": "L"}])
+    f = feats(t).loc[q]
+    assert f["n_items_ordered_sized"] == 0.0 and f["n_items_kept_sized"] == 0.0
+    assert f["size_fit_prob"] == pytest.approx(0.3387510, abs=1e-6)
+    assert f["size_prob_too_small"] == pytest.approx(0.1906956, abs=1e-6)
+    assert f["size_prob_too_large"] == pytest.approx(0.2820611, abs=1e-6)
+    assert f["size_vs_inferred"] == pytest.approx(0.2595539, abs=1e-6)
+    assert f["size_uncertainty"] == pytest.approx(1.1453785, abs=1e-6)
+
+
 # --- past returns -------------------------------------------------------------------------------------
+
+
+def test_return_reason_mix_rates_count_resolved_returns_by_reason():
+    t = base()
+    (a,) = t.order(1, 1, "2024-01-01", [{"product_id": 30}])
+    t.ret(a, "2024-01-05", "too_small")
+    (b,) = t.order(2, 1, "2024-01-02", [{"product_id": 30}])
+    t.ret(b, "2024-01-22", "damaged")  # 20 days after its order: late (>= 0.6 x 30 days)
+    (c,) = t.order(3, 1, "2024-01-03", [{"product_id": 30}])
+    t.ret(c, "2024-01-10", "changed_mind")
+    t.order(4, 1, "2024-01-04", [{"product_id": 30}])  # kept: resolved on 02-03
+    (early,) = t.order(5, 1, "2024-01-21", [{"product_id": 30}])
+    (q,) = t.order(6, 1, "2024-03-01", [{"product_id": 30}])
+    f = feats(t)
+    # on 03-01: 5 resolved lines (a-d and the 01-21 line), shrunk with 10 pseudo-lines -> each 1 / 15
+    for name in (
+        "cust_fit_return_rate",
+        "cust_claim_return_rate",
+        "cust_mind_return_rate",
+        "cust_late_return_rate",
+    ):
+        assert f.loc[q, name] == pytest.approx(1 / 15), name
+    assert f.loc[q, "cust_quality_return_rate"] == 0.0
+    # on 01-21 only a and c are resolved (the damaged return comes on 01-22)
+    assert f.loc[early, "cust_fit_return_rate"] == pytest.approx(1 / 12)
+    assert f.loc[early, "cust_claim_return_rate"] == 0.0 and f.loc[early, "cust_late_return_rate"] == 0.0
 
 
 def test_a_return_recorded_after_the_order_does_not_count():
