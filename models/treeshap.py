@@ -31,6 +31,7 @@ import numba as nb
 import numpy as np
 
 MAX_DISTINCT = 10
+MAX_PATH = 12  # longer paths: LightGBM's pred_contrib (a leaf maps 2^path patterns to its table rows)
 MAX_TABLE_FLOATS = 32_000_000  # 256 MB of tables at most; deeper/larger models use LightGBM's pred_contrib
 ZERO_THRESHOLD = 1e-35  # LightGBM kZeroThreshold
 _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
@@ -38,29 +39,39 @@ _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
 
 @dataclass(frozen=True)
 class TreeTables:
-    """A LightGBM model flattened into arrays for the numba kernel."""
+    """A LightGBM model flattened into arrays for the numba kernel.
+
+    Node decisions use `models.treeeval`'s pre-resolved missing-value rules. Every leaf's path is padded
+    to `path_len` entries (padding: a dummy node that always agrees) and its distinct features to `width`
+    slots (padding: feature index n_features, a scratch column, with zero table entries), so the kernel's
+    inner loops have fixed trip counts (no mispredicted loop exits).
+    """
 
     n_features: int
-    # nodes (global index)
+    # nodes (global index; tree t owns [tree_node_start[t], tree_node_start[t + 1]))
     feat: np.ndarray
     thr: np.ndarray
+    nan_left: np.ndarray
+    zero_left: np.ndarray
     is_cat: np.ndarray
-    default_left: np.ndarray
-    missing: np.ndarray
-    cat_start: np.ndarray
-    cat_end: np.ndarray
-    cats: np.ndarray  # categories going left, per categorical node
-    tree_node_start: np.ndarray  # per tree, nodes [start, end)
-    tree_leaf_start: np.ndarray  # per tree, leaves [start, end)
+    bits_start: np.ndarray
+    bits_end: np.ndarray
+    bits: np.ndarray  # uint32 category bitset words (at least one)
+    tree_node_start: np.ndarray
+    tree_leaf_start: np.ndarray
+    # slots: the nodes and leaves of each tree in pre-order (tree t owns [tree_slot_start[t], ...[t + 1]))
+    tree_slot_start: np.ndarray
+    slot_parent: np.ndarray  # the parent's slot (-1 at a root)
+    slot_node: np.ndarray  # the parent's node id (a root: the dummy node, number of nodes)
+    slot_side: np.ndarray  # 1: the slot is its parent's left child
+    slot_depth: np.ndarray  # the parent's depth (0 at the root)
     # leaves
-    path_start: np.ndarray
-    path_node: np.ndarray
-    path_left: np.ndarray
-    path_bit: np.ndarray
-    uf_start: np.ndarray  # distinct features of the leaf: uf[uf_start[l] : uf_start[l] + d]
-    uf: np.ndarray
-    depth: np.ndarray
-    tbl_start: np.ndarray
+    path_len: int  # the longest path: patterns have path_len bits
+    leaf_slot: np.ndarray
+    pattern_mask: np.ndarray  # leaf x 2^path_len: path agreement pattern -> feature mask of the table
+    width: int
+    uf: np.ndarray  # leaf x width: the leaf's distinct features, padded with n_features
+    tbl_start: np.ndarray  # the leaf's table: 2^d rows of `width` values
     table: np.ndarray
     base: float
     max_distinct: int
@@ -105,158 +116,227 @@ def _leaf_table(v: float, z: np.ndarray, w: np.ndarray, out: np.ndarray) -> None
 def build_tables(booster: Any, max_distinct: int = MAX_DISTINCT) -> TreeTables | None:
     """Tabulate a LightGBM booster; None when a leaf's path has more than `max_distinct` distinct
     features or the tables would exceed MAX_TABLE_FLOATS (callers then use LightGBM's pred_contrib)."""
+    from models.treeeval import CATEGORICAL, DEFAULT_LEFT, build_forest
+
     model = booster.dump_model()
+    forest = build_forest(booster)
+    if forest is None:
+        return None
     n_features = int(model["max_feature_idx"]) + 1
-    feat, thr, is_cat, dleft, miss, cat_start, cat_end, cats = [], [], [], [], [], [], [], []
-    tree_node_start, tree_leaf_start = [0], [0]
-    path_start, path_node, path_left, path_bit = [0], [], [], []
-    uf_start, uf, depth, tbl_start = [], [], [], [0]
-    tables: list[np.ndarray] = []
-    base = 0.0
-    max_d = 0
+    # internal counts per forest node and leaf (the forest numbers nodes/leaves in the same pre-order)
+    counts: list[float] = []
+    leaf_counts: list[float] = []
+
+    def walk_counts(node: dict) -> None:
+        if "split_feature" in node:
+            counts.append(float(node["internal_count"]))
+            walk_counts(node["left_child"])
+            walk_counts(node["right_child"])
+        else:
+            leaf_counts.append(float(node.get("leaf_count", 0)))
 
     for info in model["tree_info"]:
-        root = info["tree_structure"]
-        if "leaf_value" in root and "split_feature" not in root:  # a one-leaf tree: a constant
-            base += float(root["leaf_value"])
-            tree_node_start.append(len(feat))
-            tree_leaf_start.append(len(depth))
-            continue
-        stack = [(root, [])]  # (node, path of (global node id, went_left, feature, ratio))
-        while stack:
-            node, path = stack.pop()
-            if "split_feature" in node:
-                gid = len(feat)
-                feat.append(int(node["split_feature"]))
-                cat = node["decision_type"] == "=="
-                is_cat.append(cat)
-                dleft.append(bool(node["default_left"]))
-                miss.append(_MISSING[node["missing_type"]])
-                if cat:
-                    thr.append(0.0)
-                    cat_start.append(len(cats))
-                    cats.extend(int(c) for c in str(node["threshold"]).split("||"))
-                    cat_end.append(len(cats))
-                else:
-                    thr.append(float(node["threshold"]))
-                    cat_start.append(0)
-                    cat_end.append(0)
-                parent = float(node["internal_count"])
-                for child, left in ((node["right_child"], False), (node["left_child"], True)):
-                    cnt = float(child.get("internal_count", child.get("leaf_count", 0)))
-                    stack.append(
-                        (child, [*path, (gid, left, feat[gid], cnt / parent if parent > 0 else 0.0)])
-                    )
-            else:
+        walk_counts(info["tree_structure"])
+    f = forest
+    n_nodes = len(f.feat)
+    dummy = n_nodes
+
+    def count_of(child: int) -> float:
+        return leaf_counts[~child] if child < 0 else counts[child]
+
+    base = 0.0
+    leaves: list[tuple[list[tuple[int, bool, int]], list[int], np.ndarray, int]] = []  # + the leaf's slot
+    # slots: every node and leaf of a tree in pre-order; a child slot records its parent's slot and node,
+    # the side it hangs on and the parent's depth (the agreement pattern of a leaf is built from these)
+    slot_parent: list[int] = []
+    slot_node: list[int] = []
+    slot_side: list[int] = []
+    slot_depth: list[int] = []
+    tree_slot_start, tree_leaf_start = [0], [0]
+    max_d, max_path = 0, 0
+    total = 0
+    for root in f.roots:
+        root = int(root)
+        if root < 0:  # a one-leaf tree: a constant
+            base += float(f.leaf_value[~root])
+        else:
+            # (node, path of (node, went_left, feature, cover ratio), parent slot)
+            stack: list[tuple[int, list, int]] = [(root, [], -1)]
+            while stack:
+                node, path, pslot = stack.pop()
+                slot = len(slot_parent)
+                slot_parent.append(pslot)
+                slot_node.append(path[-1][0] if path else dummy)
+                slot_side.append(int(path[-1][1]) if path else 1)
+                slot_depth.append(len(path) - 1 if path else 0)
+                if node >= 0:
+                    parent = counts[node]
+                    for child, left in ((int(f.right[node]), False), (int(f.left[node]), True)):
+                        ratio = count_of(child) / parent if parent > 0 else 0.0
+                        stack.append((child, [*path, (node, left, int(f.feat[node]), ratio)], slot))
+                    continue
                 distinct: list[int] = []
                 zs: dict[int, float] = {}
-                for _, _, f, ratio in path:
-                    if f not in zs:
-                        distinct.append(f)
-                        zs[f] = 1.0
-                    zs[f] *= ratio
+                for _, _, feat_j, ratio in path:
+                    if feat_j not in zs:
+                        distinct.append(feat_j)
+                        zs[feat_j] = 1.0
+                    zs[feat_j] *= ratio
                 d = len(distinct)
-                if d > max_distinct or tbl_start[-1] + (1 << d) * d > MAX_TABLE_FLOATS:
+                total += (1 << d) * d
+                if d > max_distinct or len(path) > MAX_PATH or total > MAX_TABLE_FLOATS:
                     return None
-                max_d = max(max_d, d)
-                for gid, left, f, _ in path:
-                    path_node.append(gid)
-                    path_left.append(left)
-                    path_bit.append(distinct.index(f))
-                path_start.append(len(path_node))
-                uf_start.append(len(uf))
-                uf.extend(distinct)
-                depth.append(d)
-                z = np.array([zs[f] for f in distinct])
-                v = float(node["leaf_value"])
+                max_d, max_path = max(max_d, d), max(max_path, len(path))
+                z = np.array([zs[j] for j in distinct])
+                v = float(f.leaf_value[~node])
                 base += v * float(np.prod(z))
                 tab = np.zeros((1 << d) * d)
                 if d:
                     _leaf_table(v, z, _weights(d), tab)
-                tables.append(tab)
-                tbl_start.append(tbl_start[-1] + len(tab))
-        tree_node_start.append(len(feat))
-        tree_leaf_start.append(len(depth))
+                path_bits = [(g, left, distinct.index(j)) for g, left, j, _ in path]
+                leaves.append((path_bits, distinct, tab, slot))
+        tree_slot_start.append(len(slot_parent))
+        tree_leaf_start.append(len(leaves))
+    # node ranges per tree: the forest numbers nodes tree by tree (pre-order), so tree t ends where the
+    # next tree with a split starts (a one-leaf tree has an empty range)
+    tree_node_start = [0]
+    for t in range(len(f.roots)):
+        tree_node_start.append(next((int(r) for r in f.roots[t + 1 :] if r >= 0), n_nodes))
 
+    P, W, L = max(max_path, 1), max(max_d, 1), len(leaves)
+    # pattern_mask[leaf, pattern]: the leaf's feature mask when x agrees with its path exactly at the
+    # depths set in `pattern` (a feature's bit is cleared when any of its splits on the path disagrees)
+    pattern_mask = np.zeros(L << P, dtype=np.int64)
+    leaf_slot = np.zeros(L, dtype=np.int64)
+    uf = np.full(L * W, n_features, dtype=np.int64)
+    tbl_start = np.zeros(L, dtype=np.int64)
+    tables = []
+    pos = 0
+    patterns = np.arange(1 << P)
+    for i, (path, distinct, tab, slot) in enumerate(leaves):
+        d = len(distinct)
+        mask = np.full(1 << P, (1 << d) - 1, dtype=np.int64)
+        for depth, (_, _, bit) in enumerate(path):
+            mask &= np.where((patterns >> depth) & 1 == 1, -1, ~(1 << bit))
+        pattern_mask[i << P : (i + 1) << P] = mask
+        leaf_slot[i] = slot
+        uf[i * W : i * W + d] = distinct
+        padded = np.zeros(((1 << d), W))
+        if d:
+            padded[:, :d] = tab.reshape(1 << d, d)
+        tables.append(padded.ravel())
+        tbl_start[i] = pos
+        pos += padded.size
+    # per-node decision rules, as the compiled predictor resolves them
+    kind = f.kind.astype(np.int64)
+    thr = f.thr.astype(np.float64)
+    is_cat = ((kind & CATEGORICAL) != 0).astype(np.uint8)
+    m = kind & 3
+    dflt = ((kind & DEFAULT_LEFT) != 0).astype(np.uint8)
+    by_thr = (thr >= 0.0).astype(np.uint8)
+    nan_left = np.where(is_cat == 1, 0, np.where(m == 0, by_thr, dflt)).astype(np.uint8)
+    zero_left = np.where(m == 1, dflt, by_thr).astype(np.uint8)
     i64 = lambda a: np.asarray(a, dtype=np.int64)  # noqa: E731
     return TreeTables(
         n_features=n_features,
-        feat=i64(feat),
-        thr=np.asarray(thr, dtype=np.float64),
-        is_cat=np.asarray(is_cat, dtype=np.bool_),
-        default_left=np.asarray(dleft, dtype=np.bool_),
-        missing=i64(miss),
-        cat_start=i64(cat_start),
-        cat_end=i64(cat_end),
-        cats=i64(cats),
+        feat=i64(f.feat),
+        thr=thr,
+        nan_left=nan_left,
+        zero_left=zero_left,
+        is_cat=is_cat,
+        bits_start=i64(f.bits_start),
+        bits_end=i64(f.bits_end),
+        bits=f.bits if len(f.bits) else np.zeros(1, dtype=np.uint32),
         tree_node_start=i64(tree_node_start),
         tree_leaf_start=i64(tree_leaf_start),
-        path_start=i64(path_start),
-        path_node=i64(path_node),
-        path_left=np.asarray(path_left, dtype=np.bool_),
-        path_bit=i64(path_bit),
-        uf_start=i64(uf_start),
-        uf=i64(uf),
-        depth=i64(depth),
-        tbl_start=i64(tbl_start),
-        table=np.concatenate(tables) if tables else np.zeros(0),
+        tree_slot_start=i64(tree_slot_start),
+        slot_parent=i64(slot_parent),
+        slot_node=i64(slot_node),
+        slot_side=np.asarray(slot_side, dtype=np.uint8),
+        slot_depth=i64(slot_depth),
+        path_len=P,
+        leaf_slot=leaf_slot,
+        pattern_mask=pattern_mask,
+        width=W,
+        uf=uf,
+        tbl_start=tbl_start,
+        table=np.concatenate(tables) if tables else np.zeros(1),
         base=base,
         max_distinct=max_d,
     )
 
 
+BLOCK_ROWS = 64  # rows per work item: a tree's tables stay in L1 while the block's rows use them
+
+
 @nb.njit(parallel=True, cache=True)
-def _kernel(X, out, feat, thr, is_cat, default_left, missing, cat_start, cat_end, cats, tree_node_start,
-            tree_leaf_start, path_start, path_node, path_left, path_bit, uf_start, uf, depth, tbl_start, table):  # fmt: skip
+def _kernel(X, out, feat, thr, nan_left, zero_left, is_cat, bits_start, bits_end, bits, tree_node_start,
+            tree_slot_start, slot_parent, slot_node, slot_side, slot_depth, tree_leaf_start, P, leaf_slot,
+            pattern_mask, W, uf, tbl_start, table, block):  # fmt: skip
     n = X.shape[0]
+    nf = out.shape[1] - 1
     n_nodes = feat.shape[0]
-    for r in nb.prange(n):
-        goes_left = np.empty(n_nodes, dtype=np.bool_)
-        row = X[r]
-        phi = out[r]
-        for t in range(tree_node_start.shape[0] - 1):
-            for node in range(tree_node_start[t], tree_node_start[t + 1]):
-                x = row[feat[node]]
-                if is_cat[node]:
-                    left = False
-                    if not np.isnan(x) and x >= 0:
-                        c = int(x)
-                        for k in range(cat_start[node], cat_end[node]):
-                            if cats[k] == c:
-                                left = True
-                                break
-                    goes_left[node] = left
-                else:
-                    m = missing[node]
-                    if np.isnan(x) and m != 2:
-                        x = 0.0
-                    if (m == 1 and abs(x) <= 1e-35) or (m == 2 and np.isnan(x)):
-                        goes_left[node] = default_left[node]
-                    else:
-                        goes_left[node] = x <= thr[node]
-            for leaf in range(tree_leaf_start[t], tree_leaf_start[t + 1]):
-                d = depth[leaf]
-                mask = (1 << d) - 1
-                for p in range(path_start[leaf], path_start[leaf + 1]):
-                    if goes_left[path_node[p]] != path_left[p]:
-                        mask &= ~(1 << path_bit[p])
-                base_idx = tbl_start[leaf] + mask * d
-                u0 = uf_start[leaf]
-                for b in range(d):
-                    phi[uf[u0 + b]] += table[base_idx + b]
+    n_trees = tree_node_start.shape[0] - 1
+    n_blocks = (n + block - 1) // block
+    for b in nb.prange(n_blocks):
+        lo = b * block
+        hi = min(n, lo + block)
+        go = np.empty(n_nodes + 1, dtype=np.uint8)  # node decisions (1: left); the roots' dummy parent
+        pat = np.zeros(slot_parent.shape[0] + 1, dtype=np.int64)  # agreement pattern per slot
+        phi = np.zeros((hi - lo, nf + 1))  # column nf: scratch for padded feature slots
+        for t in range(n_trees):  # trees outer: a tree's tables are reused by every row of the block
+            n0 = tree_node_start[t]
+            n1 = tree_node_start[t + 1]
+            s0 = tree_slot_start[t]
+            s1 = tree_slot_start[t + 1]
+            for r in range(lo, hi):
+                go[n_nodes] = 1
+                for i in range(n0, n1):
+                    x = X[r, feat[i]]
+                    if is_cat[i]:
+                        g = 0
+                        if x > -1.0 and x < 2147483648.0:  # int(x) >= 0, as LightGBM's static_cast
+                            c = int(x)
+                            w = bits_start[i] + (c >> 5)
+                            if w < bits_end[i]:
+                                g = np.int64((bits[w] >> np.uint32(c & 31)) & np.uint32(1))
+                    else:  # branch-free: NaN and (near-)zero by the node's pre-resolved rules
+                        a = np.int64(x <= thr[i])
+                        z = np.int64(abs(x) <= 1e-35)
+                        nn = np.int64(x != x)
+                        g = (a & (1 - z)) | (np.int64(zero_left[i]) & z)
+                        g = (g & (1 - nn)) | (np.int64(nan_left[i]) & nn)
+                    go[i] = g
+                # agreement pattern of every slot from its parent's (pre-order: parents first)
+                for sl in range(s0 + 1, s1):
+                    agree = np.int64(go[slot_node[sl]] == slot_side[sl])
+                    pat[sl] = pat[slot_parent[sl]] | (agree << slot_depth[sl])
+                row = phi[r - lo]
+                for leaf in range(tree_leaf_start[t], tree_leaf_start[t + 1]):
+                    mask = pattern_mask[(leaf << P) + pat[leaf_slot[leaf]]]
+                    tb = tbl_start[leaf] + mask * W
+                    ub = leaf * W
+                    for k in range(W):
+                        row[uf[ub + k]] += table[tb + k]
+        for r in range(lo, hi):
+            for j in range(nf):
+                out[r, j] = phi[r - lo, j]
 
 
 def contributions(tables: TreeTables, X: np.ndarray) -> np.ndarray:
     """Exact TreeSHAP values (log-odds) for the encoded matrix X: n x (features + 1), base value last."""
-    X = np.ascontiguousarray(X, dtype=np.float64)
+    if X.dtype != np.float64 or not (X.flags.c_contiguous or X.flags.f_contiguous):
+        X = np.ascontiguousarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] < tables.n_features:
         raise ValueError(
             f"expected a 2-D matrix with {tables.n_features} feature columns, got shape {X.shape}"
         )
     out = np.zeros((X.shape[0], X.shape[1] + 1))
     t = tables
-    _kernel(X, out, t.feat, t.thr, t.is_cat, t.default_left, t.missing, t.cat_start, t.cat_end, t.cats,
-            t.tree_node_start, t.tree_leaf_start, t.path_start, t.path_node, t.path_left, t.path_bit,
-            t.uf_start, t.uf, t.depth, t.tbl_start, t.table)  # fmt: skip
+    if X.shape[0]:
+        _kernel(X, out, t.feat, t.thr, t.nan_left, t.zero_left, t.is_cat, t.bits_start, t.bits_end, t.bits,
+                t.tree_node_start, t.tree_slot_start, t.slot_parent, t.slot_node, t.slot_side, t.slot_depth,
+                t.tree_leaf_start, t.path_len, t.leaf_slot, t.pattern_mask, t.width, t.uf, t.tbl_start,
+                t.table, BLOCK_ROWS)  # fmt: skip
     out[:, -1] = t.base
     return out

@@ -1,0 +1,327 @@
+"""A compiled evaluator of a LightGBM booster's trees (numba): the same raw scores, several times faster.
+
+Why: `booster.predict` costs ~30 ns per tree and line on this machine (its per-row path builds a sparse
+vector of the row before walking the trees), which at a few hundred trees is most of a 1M-line scoring run.
+Walking the dumped trees in compiled code over a float64 matrix, rows in parallel (numba prange), costs a
+few ns per tree and line.
+
+Exactness (tested against `booster.predict(raw_score=True)` to 1e-12 on models with categorical splits,
+NaNs, zeros-as-missing and unseen levels): every decision replicates LightGBM 4's `Tree::Predict`:
+- the row as LightGBM sees it: values with |x| <= 1e-35 (kZeroThreshold) are dropped from the row, i.e. 0;
+- numerical nodes: NaN -> 0 unless the node's missing type is NaN; missing type Zero routes 0 and type NaN
+  routes NaN by the node's default direction; otherwise `x <= threshold` goes left (threshold as dumped,
+  17 significant digits: the stored double);
+- categorical nodes: NaN -> right; `int(x)` (truncation) < 0 -> right; left when that bit of the node's
+  category bitset is set;
+- the raw score is the sum of the trees' leaf values in tree order starting from 0.0, as LightGBM's
+  `GBDT::PredictRaw` adds them (the same double additions, so the same bits).
+Only plain binary/regression boosters (one tree per iteration, no linear trees) are compiled; `build_forest`
+returns None otherwise and callers use `booster.predict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+ZERO_THRESHOLD = 1e-35  # LightGBM kZeroThreshold
+_MISSING = {"None": 0, "Zero": 1, "NaN": 2}
+DEFAULT_LEFT = 4  # bit flags of `Forest.kind`
+CATEGORICAL = 8
+BLOCK_ROWS = 2048  # rows per parallel work item (contiguous: the rows of a block share cache lines)
+PERFECT_BLOCK_ROWS = 256  # rows per work item of the complete-tree kernel (its X slice stays in cache)
+
+
+@dataclass(frozen=True)
+class Forest:
+    """The trees of a booster as flat arrays. Children: >= 0 an internal node, < 0 the leaf ~child."""
+
+    n_features: int
+    roots: np.ndarray  # per tree: root node, or ~leaf for a one-leaf tree
+    feat: np.ndarray  # per internal node
+    thr: np.ndarray
+    kind: np.ndarray  # missing type (bits 0-1) | DEFAULT_LEFT | CATEGORICAL
+    left: np.ndarray
+    right: np.ndarray
+    bits_start: np.ndarray  # categorical nodes: bitset words bits[bits_start : bits_end]
+    bits_end: np.ndarray
+    bits: np.ndarray  # uint32 words, LightGBM's cat_threshold layout
+    leaf_value: np.ndarray
+    perfect: Perfect | None = None  # the same trees padded to full depth (shallow models), see `Perfect`
+
+    @property
+    def n_trees(self) -> int:
+        return int(self.roots.shape[0])
+
+
+def _bitset(categories: list[int]) -> list[int]:
+    words = [0] * (max(categories) // 32 + 1) if categories else []
+    for c in categories:
+        words[c // 32] |= 1 << (c % 32)
+    return words
+
+
+def build_forest(booster: Any) -> Forest | None:
+    """Flatten a booster's trees (the iterations `booster.predict` uses by default, via `dump_model`).
+
+    None when the model is not one tree per iteration (multiclass) or has linear trees: callers then keep
+    `booster.predict`.
+    """
+    model = booster.dump_model()
+    if int(model.get("num_tree_per_iteration", 1)) != 1 or model.get("linear_tree"):
+        return None
+    feat: list[int] = []
+    thr: list[float] = []
+    kind: list[int] = []
+    left: list[int] = []
+    right: list[int] = []
+    bstart: list[int] = []
+    bend: list[int] = []
+    bits: list[int] = []
+    leaves: list[float] = []
+    roots: list[int] = []
+
+    def visit(node: dict) -> int:
+        if "split_feature" not in node:
+            if "leaf_coeff" in node:  # linear tree leaf
+                raise _Unsupported
+            leaves.append(float(node["leaf_value"]))
+            return ~(len(leaves) - 1)
+        i = len(feat)
+        feat.append(int(node["split_feature"]))
+        left.append(0)
+        right.append(0)
+        flags = _MISSING[node["missing_type"]] | (DEFAULT_LEFT if node["default_left"] else 0)
+        if node["decision_type"] == "==":
+            flags |= CATEGORICAL
+            thr.append(0.0)
+            words = _bitset([int(c) for c in str(node["threshold"]).split("||")])
+            bstart.append(len(bits))
+            bits.extend(words)
+            bend.append(len(bits))
+        elif node["decision_type"] == "<=":
+            thr.append(float(node["threshold"]))
+            bstart.append(0)
+            bend.append(0)
+        else:
+            raise _Unsupported
+        kind.append(flags)
+        left[i] = visit(node["left_child"])
+        right[i] = visit(node["right_child"])
+        return i
+
+    try:
+        for info in model["tree_info"]:
+            roots.append(visit(info["tree_structure"]))
+    except _Unsupported:
+        return None
+    i32 = lambda a: np.asarray(a, dtype=np.int32)  # noqa: E731
+    forest = Forest(
+        n_features=int(model["max_feature_idx"]) + 1,
+        roots=i32(roots),
+        feat=i32(feat),
+        thr=np.asarray(thr, dtype=np.float64),
+        kind=np.asarray(kind, dtype=np.uint8),
+        left=i32(left),
+        right=i32(right),
+        bits_start=i32(bstart),
+        bits_end=i32(bend),
+        bits=np.asarray(bits, dtype=np.uint32),
+        leaf_value=np.asarray(leaves, dtype=np.float64),
+    )
+    return replace(forest, perfect=build_perfect(forest))
+
+
+class _Unsupported(Exception):
+    pass
+
+
+MAX_PERFECT_DEPTH = 8  # deeper trees: the pointer walk (a padded tree has 2^depth leaves)
+
+
+@dataclass(frozen=True)
+class Perfect:
+    """Every tree padded to a complete binary tree of `depth` levels, in heap order (children 2i+1, 2i+2).
+
+    Why: walking a tree costs mostly mispredicted branches (which child, when to stop). In a complete tree
+    every row takes exactly `depth` steps and the child index is arithmetic, so rows overlap in the CPU.
+    A leaf above the bottom is copied into every bottom slot under it: the padded nodes' decisions do not
+    change the value reached. Per node the missing-value rules are pre-resolved into where NaN and zero go.
+    """
+
+    depth: int
+    feat: np.ndarray  # n_trees x (2^depth - 1), flattened
+    thr: np.ndarray
+    nan_left: np.ndarray  # uint8: where NaN goes (categorical nodes: 0)
+    zero_left: np.ndarray  # uint8: where 0 (and |x| <= 1e-35) goes (categorical nodes: unused)
+    is_cat: np.ndarray
+    bits_start: np.ndarray
+    bits_end: np.ndarray
+    leaf_value: np.ndarray  # n_trees x 2^depth, flattened
+
+
+def _depth(forest: Forest, node: int) -> int:
+    if node < 0:
+        return 0
+    return 1 + max(_depth(forest, int(forest.left[node])), _depth(forest, int(forest.right[node])))
+
+
+def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect | None:
+    """The complete-tree layout of `forest`, or None when a tree is deeper than `max_depth`."""
+    depth = max((_depth(forest, int(r)) for r in forest.roots), default=0)
+    if depth > max_depth:
+        return None
+    depth = max(depth, 1)
+    n_int, n_leaf, T = (1 << depth) - 1, 1 << depth, forest.n_trees
+    feat = np.zeros(T * n_int, dtype=np.int32)
+    thr = np.zeros(T * n_int, dtype=np.float64)
+    nan_left = np.ones(T * n_int, dtype=np.uint8)
+    zero_left = np.ones(T * n_int, dtype=np.uint8)
+    is_cat = np.zeros(T * n_int, dtype=np.uint8)
+    bstart = np.zeros(T * n_int, dtype=np.int32)
+    bend = np.zeros(T * n_int, dtype=np.int32)
+    leaf_value = np.zeros(T * n_leaf, dtype=np.float64)
+    f = forest
+    for t, root in enumerate(f.roots):
+        stack = [(int(root), 0, 0)]  # (node, heap index, level)
+        while stack:
+            node, h, level = stack.pop()
+            if node < 0:  # a leaf at `level`: every bottom slot under h
+                first = h
+                for _ in range(depth - level):
+                    first = 2 * first + 1
+                lo = first - n_int
+                leaf_value[t * n_leaf + lo : t * n_leaf + lo + (1 << (depth - level))] = f.leaf_value[~node]
+                continue
+            i = t * n_int + h
+            k = int(f.kind[node])
+            feat[i] = f.feat[node]
+            if k & CATEGORICAL:
+                is_cat[i], nan_left[i] = 1, 0
+                bstart[i], bend[i] = f.bits_start[node], f.bits_end[node]
+            else:
+                t_ = float(f.thr[node])
+                thr[i] = t_
+                m, dflt = k & 3, 1 if k & DEFAULT_LEFT else 0
+                by_thr = 1 if t_ >= 0.0 else 0
+                nan_left[i] = by_thr if m == 0 else dflt
+                zero_left[i] = dflt if m == 1 else by_thr
+            stack.append((int(f.left[node]), 2 * h + 1, level + 1))
+            stack.append((int(f.right[node]), 2 * h + 2, level + 1))
+    return Perfect(depth, feat, thr, nan_left, zero_left, is_cat, bstart, bend, leaf_value)
+
+
+@nb.njit(cache=True, inline="always")
+def _leaf(X, r, root, feat, thr, kind, left, right, bits_start, bits_end, bits):
+    """The leaf row r of X reaches from `root` (LightGBM's decisions, module docstring)."""
+    node = root
+    while node >= 0:
+        x = X[r, feat[node]]
+        k = kind[node]
+        if abs(x) <= 1e-35:  # dropped from the row by LightGBM: 0.0 (NaN compares False)
+            x = 0.0
+        if k & 8:
+            go_left = False
+            if not np.isnan(x) and x < 2147483648.0:
+                c = int(x)
+                if c >= 0:
+                    w = bits_start[node] + (c >> 5)
+                    if w < bits_end[node]:
+                        go_left = ((bits[w] >> np.uint32(c & 31)) & np.uint32(1)) == 1
+        else:
+            m = k & 3
+            if np.isnan(x):
+                if m == 2:
+                    go_left = (k & 4) != 0
+                else:
+                    x = 0.0
+                    go_left = (k & 4) != 0 if m == 1 else x <= thr[node]
+            elif m == 1 and x == 0.0:
+                go_left = (k & 4) != 0
+            else:
+                go_left = x <= thr[node]
+        node = left[node] if go_left else right[node]
+    return ~node
+
+
+@nb.njit(parallel=True, cache=True)
+def _predict(X, out, roots, feat, thr, kind, left, right, bits_start, bits_end, bits, leaf_value, block):  # fmt: skip
+    n = X.shape[0]
+    n_blocks = (n + block - 1) // block
+    for b in nb.prange(n_blocks):
+        lo = b * block
+        hi = min(n, lo + block)
+        for r in range(lo, hi):
+            s = 0.0
+            for t in range(roots.shape[0]):
+                s += leaf_value[_leaf(X, r, roots[t], feat, thr, kind, left, right, bits_start, bits_end, bits)]
+            out[r] = s
+
+
+@nb.njit(parallel=True, cache=True)
+def _predict_perfect(X, out, depth, feat, thr, nan_left, zero_left, is_cat, bits_start, bits_end, bits, leaf_value, block):  # fmt: skip
+    n = X.shape[0]
+    n_int = (1 << depth) - 1
+    n_trees = leaf_value.shape[0] >> depth
+    n_blocks = (n + block - 1) // block
+    for b in nb.prange(n_blocks):
+        lo = b * block
+        hi = min(n, lo + block)
+        acc = np.zeros(hi - lo)
+        for t in range(n_trees):  # trees outer, rows inner: each row still adds its trees in tree order
+            base = t * n_int
+            for r in range(lo, hi):
+                h = 0
+                for _ in range(depth):
+                    i = base + h
+                    x = X[r, feat[i]]
+                    # every rule evaluated, then selected: no data-dependent branch to mispredict
+                    isnan = x != x
+                    tiny = abs(x) <= 1e-35
+                    num = np.int64(x <= thr[i])
+                    num = np.int64(zero_left[i]) if tiny else num
+                    num = np.int64(nan_left[i]) if isnan else num
+                    ok = (x > -1.0) & (x < 2147483648.0)  # int(x) >= 0, as LightGBM's static_cast
+                    c = np.int64(x) if ok else np.int64(0)
+                    w = bits_start[i] + (c >> 5)
+                    ok = ok & (w < bits_end[i])
+                    word = bits[w if ok else 0]
+                    cat = np.int64((word >> np.uint32(c & 31)) & np.uint32(1)) if ok else np.int64(0)
+                    go = cat if is_cat[i] else num
+                    h = 2 * h + 2 - go
+                acc[r - lo] += leaf_value[(t << depth) + h - n_int]
+        for r in range(lo, hi):
+            out[r] = acc[r - lo]
+
+
+def predict_raw(forest: Forest, X: np.ndarray, num_threads: int | None = None) -> np.ndarray:
+    """Raw scores (log-odds) of the encoded float64 matrix X (C or Fortran order), one per row.
+
+    `num_threads`: numba threads for this call (None/0: all numba threads); rows are split in blocks.
+    """
+    if X.ndim != 2 or X.shape[1] < forest.n_features:
+        raise ValueError(f"expected a 2-D matrix with {forest.n_features} feature columns, got shape {X.shape}")
+    if X.dtype != np.float64 or not (X.flags.c_contiguous or X.flags.f_contiguous):
+        X = np.ascontiguousarray(X, dtype=np.float64)
+    out = np.empty(X.shape[0], dtype=np.float64)
+    if X.shape[0] == 0:
+        return out
+    f = forest
+    before = nb.get_num_threads()
+    if num_threads:
+        nb.set_num_threads(min(int(num_threads), nb.config.NUMBA_NUM_THREADS))
+    try:
+        p = f.perfect
+        if p is not None:
+            bits = f.bits if len(f.bits) else np.zeros(1, dtype=np.uint32)  # the kernel always reads a word
+            _predict_perfect(X, out, p.depth, p.feat, p.thr, p.nan_left, p.zero_left, p.is_cat, p.bits_start,
+                             p.bits_end, bits, p.leaf_value, PERFECT_BLOCK_ROWS)  # fmt: skip
+            return out
+        _predict(X, out, f.roots, f.feat, f.thr, f.kind, f.left, f.right, f.bits_start, f.bits_end, f.bits,
+                 f.leaf_value, BLOCK_ROWS)  # fmt: skip
+    finally:
+        nb.set_num_threads(before)
+    return out
