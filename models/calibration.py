@@ -189,6 +189,8 @@ def recency_weights(ts: Any, half_life_days: float | None) -> np.ndarray | None:
         return None
     if half_life_days <= 0:
         raise ValueError(f"calibration half-life must be > 0 days; got {half_life_days}")
+    if ts is None:
+        raise ValueError("recency-weighted calibration needs the lines' order_ts; none was given")
     t = np.asarray(ts, dtype="datetime64[ns]").astype(np.int64) / 86_400e9
     return 0.5 ** ((t.max() - t) / float(half_life_days))
 

@@ -241,7 +241,8 @@ def train_return_model(
     info["fit_seconds"] = time.perf_counter() - t0
     raw_val = np.asarray(booster.predict(X_val, raw_score=True), dtype=np.float64)
     # Calibration on the validation window only (params train.calibration*; models/calibration.py).
-    calibrator, cal_info = fit_from_config(raw_val, y_val, frame.loc[va, TS], cfg, seed)
+    ts_val = frame.loc[va, TS] if TS in frame.columns else None  # only recency weights read it
+    calibrator, cal_info = fit_from_config(raw_val, y_val, ts_val, cfg, seed)
     info.update(cal_info)
     model = ReturnModel(
         booster=booster,

@@ -118,6 +118,8 @@ def test_recency_weights_halve_every_half_life():
     assert recency_weights(ts, None) is None
     with pytest.raises(ValueError, match="half-life"):
         recency_weights(ts, 0)
+    with pytest.raises(ValueError, match="order_ts"):
+        recency_weights(None, 10.0)
 
 
 def test_recency_weighting_follows_a_drifting_base_rate():
