@@ -146,27 +146,45 @@ MAX_PERFECT_DEPTH = 8  # deeper trees: the pointer walk (a padded tree has 2^dep
 class Perfect:
     """Every tree padded to a complete binary tree of `depth` levels, in heap order (children 2i+1, 2i+2).
 
-    Why: walking a tree costs mostly mispredicted branches (which child, when to stop). In a complete tree
-    every row takes exactly `depth` steps and the child index is arithmetic, so rows overlap in the CPU.
-    A leaf above the bottom is copied into every bottom slot under it: the padded nodes' decisions do not
-    change the value reached. Per node the missing-value rules are pre-resolved into where NaN and zero go.
+    Why: walking a tree costs mostly mispredicted branches (which child, when to stop, is it missing). In
+    a complete tree every row takes exactly `depth` steps and the child index is arithmetic; a leaf above
+    the bottom is copied into every bottom slot under it, so padded nodes' decisions change nothing.
+    Missing values are resolved before the walk: each numerical node reads a *view* of its feature in
+    which NaN (and, where the node treats zero as missing against its threshold, 0) is replaced by -inf
+    (goes left) or +inf (goes right), and |x| <= 1e-35 by 0, so a numerical decision is one `<=`
+    (+-inf compare like LightGBM's own +-inf values: thresholds are finite). A categorical node reads a
+    0/1 view of its category set (0: the code is in the set, computed with LightGBM's CategoricalDecision)
+    with threshold 0.5, so every decision in the walk is the same branch-free `<=`.
     """
 
     depth: int
-    feat: np.ndarray  # n_trees x (2^depth - 1), flattened
+    col: np.ndarray  # per node (n_trees x (2^depth - 1), flattened): the view it reads
     thr: np.ndarray
-    nan_left: np.ndarray  # uint8: where NaN goes (categorical nodes: 0)
-    zero_left: np.ndarray  # uint8: where 0 (and |x| <= 1e-35) goes (categorical nodes: unused)
-    is_cat: np.ndarray
-    bits_start: np.ndarray
-    bits_end: np.ndarray
     leaf_value: np.ndarray  # n_trees x 2^depth, flattened
+    view_src: np.ndarray  # per view: the feature column of X
+    view_cat: np.ndarray  # 1: a categorical split's membership test (0: in its set, 1: not)
+    view_nan: np.ndarray  # numerical views: the value NaN becomes
+    view_zero: np.ndarray  # numerical views: the value 0 and |x| <= 1e-35 become
+    view_bits_start: np.ndarray  # categorical views: the split's bitset words
+    view_bits_end: np.ndarray
 
 
 def _depth(forest: Forest, node: int) -> int:
     if node < 0:
         return 0
     return 1 + max(_depth(forest, int(forest.left[node])), _depth(forest, int(forest.right[node])))
+
+
+def _view_of(kind: int, thr: float) -> tuple[str, float, float]:
+    """(label, NaN value, zero value) of the view a numerical node reads (LightGBM's NumericalDecision)."""
+    m, dflt = kind & 3, bool(kind & DEFAULT_LEFT)
+    side = -np.inf if dflt else np.inf
+    by_thr = thr >= 0.0
+    nan_left = by_thr if m == 0 else dflt  # type None: NaN is 0; Zero and NaN: the default side
+    zero_left = dflt if m == 1 else by_thr
+    nan_val = -np.inf if nan_left else np.inf
+    zero_val = 0.0 if zero_left == by_thr else side
+    return f"n{nan_val}z{zero_val}", nan_val, zero_val
 
 
 def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect | None:
@@ -176,13 +194,24 @@ def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect
         return None
     depth = max(depth, 1)
     n_int, n_leaf, T = (1 << depth) - 1, 1 << depth, forest.n_trees
-    feat = np.zeros(T * n_int, dtype=np.int32)
+    views: dict[tuple[int, str], int] = {}
+    view_src: list[int] = []
+    view_cat: list[int] = []
+    view_nan: list[float] = []
+    view_zero: list[float] = []
+    view_bits: dict[int, tuple[int, int]] = {}
+
+    def view(j: int, label: str, cat: bool, nan_val: float, zero_val: float) -> int:
+        if (j, label) not in views:
+            views[(j, label)] = len(view_src)
+            view_src.append(j)
+            view_cat.append(int(cat))
+            view_nan.append(nan_val)
+            view_zero.append(zero_val)
+        return views[(j, label)]
+
+    col = np.zeros(T * n_int, dtype=np.int32)
     thr = np.zeros(T * n_int, dtype=np.float64)
-    nan_left = np.ones(T * n_int, dtype=np.uint8)
-    zero_left = np.ones(T * n_int, dtype=np.uint8)
-    is_cat = np.zeros(T * n_int, dtype=np.uint8)
-    bstart = np.zeros(T * n_int, dtype=np.int32)
-    bend = np.zeros(T * n_int, dtype=np.int32)
     leaf_value = np.zeros(T * n_leaf, dtype=np.float64)
     f = forest
     for t, root in enumerate(f.roots):
@@ -193,25 +222,32 @@ def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect
                 first = h
                 for _ in range(depth - level):
                     first = 2 * first + 1
-                lo = first - n_int
-                leaf_value[t * n_leaf + lo : t * n_leaf + lo + (1 << (depth - level))] = f.leaf_value[~node]
+                lo = t * n_leaf + first - n_int
+                leaf_value[lo : lo + (1 << (depth - level))] = f.leaf_value[~node]
                 continue
             i = t * n_int + h
-            k = int(f.kind[node])
-            feat[i] = f.feat[node]
-            if k & CATEGORICAL:
-                is_cat[i], nan_left[i] = 1, 0
-                bstart[i], bend[i] = f.bits_start[node], f.bits_end[node]
+            k, j = int(f.kind[node]), int(f.feat[node])
+            if k & CATEGORICAL:  # a 0/1 view per distinct category set: 0 = in the set (left), <= 0.5
+                b0, b1 = int(f.bits_start[node]), int(f.bits_end[node])
+                label = "cat" + ",".join(str(int(w)) for w in f.bits[b0:b1])
+                col[i] = view(j, label, True, np.nan, 0.0)
+                view_bits[int(col[i])] = (b0, b1)
+                thr[i] = 0.5
             else:
-                t_ = float(f.thr[node])
-                thr[i] = t_
-                m, dflt = k & 3, 1 if k & DEFAULT_LEFT else 0
-                by_thr = 1 if t_ >= 0.0 else 0
-                nan_left[i] = by_thr if m == 0 else dflt
-                zero_left[i] = dflt if m == 1 else by_thr
+                thr[i] = float(f.thr[node])
+                label, nan_val, zero_val = _view_of(k, thr[i])
+                col[i] = view(j, label, False, nan_val, zero_val)
             stack.append((int(f.left[node]), 2 * h + 1, level + 1))
             stack.append((int(f.right[node]), 2 * h + 2, level + 1))
-    return Perfect(depth, feat, thr, nan_left, zero_left, is_cat, bstart, bend, leaf_value)
+    if not view_src:  # only one-leaf trees: one dummy view keeps the kernel's arrays non-empty
+        view(0, "dummy", False, 0.0, 0.0)
+    vb = np.array([view_bits.get(v, (0, 0)) for v in range(len(view_src))], dtype=np.int32).reshape(-1, 2)
+    return Perfect(
+        depth, col, thr, leaf_value,
+        np.asarray(view_src, dtype=np.int64), np.asarray(view_cat, dtype=np.uint8),
+        np.asarray(view_nan, dtype=np.float64), np.asarray(view_zero, dtype=np.float64),
+        np.ascontiguousarray(vb[:, 0]), np.ascontiguousarray(vb[:, 1]),
+    )  # fmt: skip
 
 
 @nb.njit(cache=True, inline="always")
@@ -262,37 +298,42 @@ def _predict(X, out, roots, feat, thr, kind, left, right, bits_start, bits_end, 
 
 
 @nb.njit(parallel=True, cache=True)
-def _predict_perfect(X, out, depth, feat, thr, nan_left, zero_left, is_cat, bits_start, bits_end, bits, leaf_value, block):  # fmt: skip
+def _predict_perfect(X, out, depth, col, thr, leaf_value, view_src, view_cat, view_nan, view_zero,
+                     view_bits_start, view_bits_end, bits, block):  # fmt: skip
     n = X.shape[0]
     n_int = (1 << depth) - 1
     n_trees = leaf_value.shape[0] >> depth
+    n_views = view_src.shape[0]
     n_blocks = (n + block - 1) // block
     for b in nb.prange(n_blocks):
         lo = b * block
         hi = min(n, lo + block)
+        V = np.empty((hi - lo, n_views))  # the block's rows as the nodes read them (Perfect docstring)
+        for r in range(lo, hi):
+            for v in range(n_views):
+                x = X[r, view_src[v]]
+                if view_cat[v]:
+                    out_of_set = 1.0
+                    if x > -1.0 and x < 2147483648.0:  # int(x) >= 0, as LightGBM's static_cast
+                        c = int(x)
+                        w = view_bits_start[v] + (c >> 5)
+                        if w < view_bits_end[v] and (bits[w] >> np.uint32(c & 31)) & np.uint32(1):
+                            out_of_set = 0.0
+                    x = out_of_set
+                elif x != x:
+                    x = view_nan[v]
+                elif abs(x) <= 1e-35:
+                    x = view_zero[v]
+                V[r - lo, v] = x
         acc = np.zeros(hi - lo)
         for t in range(n_trees):  # trees outer, rows inner: each row still adds its trees in tree order
             base = t * n_int
-            for r in range(lo, hi):
+            for r in range(hi - lo):
                 h = 0
                 for _ in range(depth):
                     i = base + h
-                    x = X[r, feat[i]]
-                    # every rule evaluated, then selected: no data-dependent branch to mispredict
-                    isnan = x != x
-                    tiny = abs(x) <= 1e-35
-                    num = np.int64(x <= thr[i])
-                    num = np.int64(zero_left[i]) if tiny else num
-                    num = np.int64(nan_left[i]) if isnan else num
-                    ok = (x > -1.0) & (x < 2147483648.0)  # int(x) >= 0, as LightGBM's static_cast
-                    c = np.int64(x) if ok else np.int64(0)
-                    w = bits_start[i] + (c >> 5)
-                    ok = ok & (w < bits_end[i])
-                    word = bits[w if ok else 0]
-                    cat = np.int64((word >> np.uint32(c & 31)) & np.uint32(1)) if ok else np.int64(0)
-                    go = cat if is_cat[i] else num
-                    h = 2 * h + 2 - go
-                acc[r - lo] += leaf_value[(t << depth) + h - n_int]
+                    h = 2 * h + 2 - np.int64(V[r, col[i]] <= thr[i])
+                acc[r] += leaf_value[(t << depth) + h - n_int]
         for r in range(lo, hi):
             out[r] = acc[r - lo]
 
@@ -317,8 +358,9 @@ def predict_raw(forest: Forest, X: np.ndarray, num_threads: int | None = None) -
         p = f.perfect
         if p is not None:
             bits = f.bits if len(f.bits) else np.zeros(1, dtype=np.uint32)  # the kernel always reads a word
-            _predict_perfect(X, out, p.depth, p.feat, p.thr, p.nan_left, p.zero_left, p.is_cat, p.bits_start,
-                             p.bits_end, bits, p.leaf_value, PERFECT_BLOCK_ROWS)  # fmt: skip
+            _predict_perfect(X, out, p.depth, p.col, p.thr, p.leaf_value, p.view_src, p.view_cat, p.view_nan,
+                             p.view_zero, p.view_bits_start, p.view_bits_end, bits,
+                             PERFECT_BLOCK_ROWS)  # fmt: skip
             return out
         _predict(X, out, f.roots, f.feat, f.thr, f.kind, f.left, f.right, f.bits_start, f.bits_end, f.bits,
                  f.leaf_value, BLOCK_ROWS)  # fmt: skip
