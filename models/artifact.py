@@ -10,7 +10,9 @@ cannot disagree (LightGBM #3626: a DataFrame and an array of the same data may p
 
 from __future__ import annotations
 
+import contextlib
 import json
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,21 +78,48 @@ def encode_numeric(values: pd.Series, name: str) -> np.ndarray:
 
 
 def encode_frame(
-    df: pd.DataFrame, features: Sequence[str], categorical: Mapping[str, Sequence[str]]
+    df: pd.DataFrame,
+    features: Sequence[str],
+    categorical: Mapping[str, Sequence[str]],
+    order: str = "C",
 ) -> np.ndarray:
-    """The model matrix: float64, columns in `features` order, categoricals as level codes."""
+    """The model matrix: float64, columns in `features` order, categoricals as level codes.
+
+    order "F" (column-major) fills each column contiguously: about half the time of "C" on big frames;
+    LightGBM and the compiled evaluators read either layout and give the same numbers."""
     missing = [f for f in features if f not in df.columns]
     if missing:
         raise FeatureFrameError(
             f"feature frame: missing feature column(s) {missing} (rule: every model feature is required)"
         )
-    X = np.empty((len(df), len(features)), dtype=np.float64)
+    X = np.empty((len(df), len(features)), dtype=np.float64, order=order)
     for j, name in enumerate(features):
         col = df[name]
         X[:, j] = (
             encode_categorical(col, categorical[name]) if name in categorical else encode_numeric(col, name)
         )
     return X
+
+
+_FORESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled_forest(booster: Any) -> Any:
+    """The booster's trees as a `models.treeeval.Forest` (built once per booster), or None when they
+    cannot be compiled (multiclass, linear trees, or not a LightGBM booster)."""
+    if not hasattr(booster, "dump_model"):
+        return None
+    try:
+        hit = _FORESTS.get(booster)
+    except TypeError:  # not weak-referenceable: build each time
+        hit = None
+    if hit is None:
+        from models.treeeval import build_forest
+
+        hit = (build_forest(booster),)
+        with contextlib.suppress(TypeError):
+            _FORESTS[booster] = hit
+    return hit[0]
 
 
 @dataclass
@@ -109,13 +138,25 @@ class ReturnModel:
         return [f for f in self.features if f in self.categorical]
 
     def encode(self, df: pd.DataFrame) -> np.ndarray:
-        return encode_frame(df, self.features, self.categorical)
+        """The model matrix (column-major float64, see `encode_frame`)."""
+        return encode_frame(df, self.features, self.categorical, order="F")
+
+    def raw_from_matrix(self, X: np.ndarray) -> np.ndarray:
+        """Log-odds of an encoded matrix: the booster's trees compiled (`models.treeeval`, the same numbers
+        as `booster.predict(raw_score=True)`, tested to 1e-12; ~2x less CPU), or the booster itself when
+        they cannot be compiled."""
+        forest = compiled_forest(self.booster)
+        if forest is None:
+            return np.asarray(self.booster.predict(X, raw_score=True), dtype=np.float64)
+        from models.treeeval import predict_raw
+
+        return predict_raw(forest, X)
 
     def predict_raw(self, df: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of a return, one per row."""
         if len(df) == 0:
             return np.empty(0, dtype=np.float64)
-        return np.asarray(self.booster.predict(self.encode(df), raw_score=True), dtype=np.float64)
+        return self.raw_from_matrix(self.encode(df))
 
     def predict_proba(self, df: pd.DataFrame) -> np.ndarray:
         """Calibrated probability of a return, one per row."""

@@ -557,30 +557,11 @@ def _context(
 
 
 def predict_proba(model: Any, feats: pd.DataFrame) -> np.ndarray:
-    """Calibrated probabilities like `ReturnModel.predict_proba`, from a column-major encoded matrix.
-
-    Same encoders (`models.artifact.encode_categorical` / `encode_numeric`), same booster and calibration,
-    so the same numbers (tested against the evaluate stage's predictions); filling a column-major float64
-    matrix column by column is about 2x cheaper than a row-major one (strided writes), and LightGBM reads
-    either layout. Objects without a booster (test doubles) use their own `predict_proba`.
-    """
-    from models.artifact import FeatureFrameError, encode_categorical, encode_numeric
-
-    booster = getattr(model, "booster", None)
-    if booster is None or not hasattr(model, "calibrator"):
-        return np.asarray(model.predict_proba(feats), dtype=np.float64)
+    """Calibrated probabilities: `ReturnModel.predict_proba`, the one definition (column-major encoding,
+    compiled trees; the same numbers as the evaluate stage's predictions, tested)."""
     if len(feats) == 0:
         return np.empty(0, dtype=np.float64)
-    missing = [f for f in model.features if f not in feats.columns]
-    if missing:
-        raise FeatureFrameError(f"feature frame: missing feature column(s) {missing}")
-    X = np.empty((len(feats), len(model.features)), dtype=np.float64, order="F")
-    for j, name in enumerate(model.features):
-        col = feats[name]
-        cats = model.categorical.get(name)
-        X[:, j] = encode_categorical(col, cats) if cats is not None else encode_numeric(col, name)
-    raw = np.asarray(booster.predict(X, raw_score=True), dtype=np.float64)
-    return model.calibrator.apply(raw)
+    return np.asarray(model.predict_proba(feats), dtype=np.float64)
 
 
 def _concat(*frames: pd.DataFrame | None) -> pd.DataFrame | None:

@@ -409,13 +409,27 @@ def test_exported_model_folder_scores_like_the_registry_model(small_project, tmp
 
 
 def test_column_major_predict_equals_the_artifact(small_project):
-    """The scorer's column-major encoding predicts exactly what ReturnModel.predict_proba does."""
-    from models.artifact import ReturnModel
+    """The scorer's predictions are ReturnModel.predict_proba's, whose compiled trees give the booster's own
+    raw scores (1e-12) on the real model, with unseen levels and missing values among the rows."""
+    from models.artifact import ReturnModel, compiled_forest, encode_frame
     from pipeline.scoring import predict_proba
 
     model = ReturnModel.load(small_project.path("model"))
-    frame = pd.read_parquet(small_project.path("features") / "features.parquet").tail(3000)
+    assert compiled_forest(model.booster) is not None
+    frame = pd.read_parquet(small_project.path("features") / "features.parquet").tail(3000).copy()
+    cats = model.categorical_features
+    assert cats, "the real model has categorical features"
+    for i, c in enumerate(cats):  # unseen levels and missing values in every categorical
+        frame[c] = frame[c].astype(object)
+        frame.iloc[i * 7 : i * 7 + 5, frame.columns.get_loc(c)] = "never-seen-level"
+        frame.iloc[500 + i * 7 : 500 + i * 7 + 5, frame.columns.get_loc(c)] = None
+    numeric = [f for f in model.features if f not in model.categorical]
+    frame.iloc[1000:1100, [frame.columns.get_loc(f) for f in numeric[:10]]] = np.nan
     got = predict_proba(model, frame)
     np.testing.assert_array_equal(got, model.predict_proba(frame))
+    X = encode_frame(frame, model.features, model.categorical)  # row-major, as training encodes
+    np.testing.assert_allclose(
+        model.predict_raw(frame), model.booster.predict(X, raw_score=True), atol=1e-12, rtol=0
+    )
     assert len(np.unique(got)) > 100
     assert len(predict_proba(model, frame.iloc[:0])) == 0
