@@ -21,6 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -86,11 +87,15 @@ def _session(
         con.close()
 
 
-def assembly_sql(ctx: Context, cutoff: pd.Timestamp | None, *, ordered_targets: bool = False) -> str:
+def assembly_sql(
+    ctx: Context, cutoff: pd.Timestamp | None, *, ordered_targets: bool = False, stream_join: str = ""
+) -> str:
     """The final SELECT: keys, every registry feature (all-null when its inputs are missing), labels.
 
     Default: over `ln`, stream results joined by qi, rows sorted by qi. `ordered_targets` (the
-    full-history path, `assembled_chunks`): over `lt` and `sxt` (see `_order_targets`), no ORDER BY.
+    full-history path, `assembled_chunks`, and the batch path): over `lt` (the target lines) with no
+    ORDER BY, the stream results joined by `stream_join` (default: `sxt` by qi; when given, the
+    line's qi is added as column `_qi`).
     """
     values = asdict(ctx.params)
     skipped = registry.skipped(ctx.available)
@@ -105,9 +110,15 @@ def assembly_sql(ctx: Context, cutoff: pd.Timestamp | None, *, ordered_targets: 
         cols.append(f"(l.window_end <= {c}) AS label_mature")
     joins = BASE_JOINS + [j for m in registry.FAMILY_MODULES for j in getattr(m, "JOINS", [])]
     if ordered_targets:
-        joins = ["LEFT JOIN sxt s ON s.qi = l.qi", *joins[1:]]
+        joins = [stream_join or "LEFT JOIN sxt s ON s.qi = l.qi", *joins[1:]]
+        if stream_join:
+            cols.append(f"l.qi AS {_QI}")
         return f"SELECT {', '.join(cols)}\nFROM lt l\n" + "\n".join(joins)
     return f"SELECT {', '.join(cols)}\nFROM ln l\n" + "\n".join(joins) + "\nWHERE l.is_target\nORDER BY l.qi"
+
+
+#: the line's qi in an assembled chunk (puts the chunk in order, then dropped)
+_QI = "_qi"
 
 
 def _order_targets(ctx: Context) -> None:
@@ -115,7 +126,8 @@ def _order_targets(ctx: Context) -> None:
 
     Sorting the narrow line rows once lets the assembly read them by qi range and skip a final ORDER BY
     of the wide result (which spilled at 10M lines). Tables only the streams read (ln, ret, rv) and the
-    stream arrays held in Python are dropped, so the assembly's joins get DuckDB's memory.
+    stream arrays held in Python are dropped, so the assembly's joins get DuckDB's memory. (The batch
+    path's assembly; the full-history path assembles in chunks, `assembled_chunks`.)
     """
     ctx.sql("CREATE OR REPLACE TEMP TABLE lt AS SELECT * FROM ln WHERE is_target ORDER BY qi")
     for table in ("ln", "ret", "rv", "review_text"):
@@ -126,6 +138,7 @@ def _order_targets(ctx: Context) -> None:
     ctx.sql("DROP VIEW IF EXISTS sx")
     if ctx.params.stream_method == "scan":
         ctx.con.unregister("sx0")
+        ctx.arrow.pop("sx0", None)
 
 
 def _in_qi_order(order_ts: Any, line_id: Any) -> bool:
@@ -150,7 +163,7 @@ def _chunk_bounds(ctx: Context) -> list[tuple[int, int, str, str]]:
     wanted = sorted({q for a, b in cuts for q in (a, max(a, b - 1))})
     ts = dict(
         ctx.con.execute(
-            f"SELECT qi, CAST(order_ts AS VARCHAR) FROM lt WHERE qi IN ({', '.join(map(str, wanted))})"
+            f"SELECT qi, CAST(order_ts AS VARCHAR) FROM ln WHERE qi IN ({', '.join(map(str, wanted))})"
         ).fetchall()
     )
     return [(a, b, ts.get(a, "infinity"), ts.get(max(a, b - 1), "-infinity")) for a, b in cuts]
@@ -160,22 +173,42 @@ def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
     """The feature table (Arrow) in qi order, one chunk of target lines after another.
 
     A single query over 10M lines made DuckDB buffer the whole wide result to keep its row order
-    (spilling several GB). Per chunk, `lt`/`sxt` are read by qi range and the per-order tables
+    (spilling several GB). Per chunk, the target lines are read by qi range (from `ln`, stored in qi
+    order by `stage`, so its zone maps skip the other row groups) and the per-order tables
     (`ORDER_TABLES` of the families, plus `ord`) only over the chunk's order_ts range, so every hash
-    table and buffer is a chunk's worth. Rows come back sorted by (order_ts, line_id) = qi: checked,
-    and sorted in memory if DuckDB ever returned a chunk out of order.
+    table and buffer is a chunk's worth. Scan streams stay in Arrow: each chunk registers its slice of
+    `sx0` (zero-copy) under the `sx` view. The joins return rows in no particular order; each chunk is
+    put in qi order by its qi (a permutation, no sort).
     """
-    _order_targets(ctx)
-    sql = assembly_sql(ctx, cutoff, ordered_targets=True)
+    sx0 = ctx.arrow.get("sx0")
+    for table in ("ret", "rv", "review_text"):  # read by the streams only
+        ctx.sql(f"DROP TABLE IF EXISTS {table}")
+    if sx0 is None:  # window streams: sx0 is a DuckDB table
+        ctx.sql("CREATE OR REPLACE TEMP TABLE sxt AS SELECT * FROM sx")
+    sql = assembly_sql(
+        ctx,
+        cutoff,
+        ordered_targets=True,
+        stream_join=f"LEFT JOIN {'sx' if sx0 is not None else 'sxt'} s ON s.qi = l.qi",
+    )
     tables = ["ord", *(t for m in registry.FAMILY_MODULES for t in getattr(m, "ORDER_TABLES", []))]
     for a, b, lo, hi in _chunk_bounds(ctx):
-        ctes = [f"{t} AS (SELECT * FROM temp.main.{t} WHERE qi >= {a} AND qi < {b})" for t in ("lt", "sxt")]
+        ctes = [f"lt AS (SELECT * FROM temp.main.ln WHERE is_target AND qi >= {a} AND qi < {b})"]
         between = f"order_ts BETWEEN TIMESTAMP {quote(lo)} AND TIMESTAMP {quote(hi)}"
         ctes += [f"{t} AS (SELECT * FROM temp.main.{t} WHERE {between})" for t in tables]
+        if sx0 is None:
+            ctes.append(f"sxt AS (SELECT * FROM temp.main.sxt WHERE qi >= {a} AND qi < {b})")
+        else:
+            ctx.con.register("sx0", sx0.slice(a, b - a))
         table = ctx.con.sql(f"WITH {', '.join(ctes)}\n{sql}").to_arrow_table()
-        if not _in_qi_order(table.column("order_ts"), table.column("line_id")):
-            table = table.sort_by([("order_ts", "ascending"), ("line_id", "ascending")])
-        yield table
+        qi = table.column(_QI).to_numpy()
+        if len(qi) != b - a:
+            raise RuntimeError(f"assembly: chunk of qi {a}..{b} returned {len(qi)} rows")
+        order = np.empty(b - a, np.int64)
+        order[qi - a] = np.arange(b - a)
+        yield table.drop_columns([_QI]).take(order)
+    if sx0 is not None:
+        ctx.con.register("sx0", sx0)
 
 
 def _report(ctx: Context) -> dict[str, Any]:
@@ -239,32 +272,60 @@ def featurize_to_parquet(
     """
     with _session(tables, params) as ctx:
         t0 = time.perf_counter()
-        writer = None
-        try:
-            for chunk in assembled_chunks(ctx, cutoff):
-                if writer is None:
-                    writer = pq.ParquetWriter(str(out_path), chunk.schema, compression="zstd")
-                writer.write_table(chunk.cast(writer.schema), row_group_size=ROW_GROUP_ROWS)
-        finally:
-            if writer is not None:
-                writer.close()
+        stats = _write_chunks(assembled_chunks(ctx, cutoff), out_path)
         ctx.timings["assemble_write_s"] = time.perf_counter() - t0
         report = _report(ctx)
-        nulls = ", ".join(
-            f"avg(CASE WHEN {f.name} IS NULL THEN 1.0 ELSE 0.0 END) AS {f.name}" for f in registry.FEATURES
-        )
-        row = ctx.con.execute(
-            f"SELECT count(*) AS rows, avg(returned) AS r, avg(CAST(label_mature AS DOUBLE)) AS m, {nulls} "
-            f"FROM read_parquet({quote(str(out_path))})"
-        ).fetchone()
-    report["rows"] = int(row[0])
-    if row[0]:
-        report["returned_rate"] = round(float(row[1]), 4)
-        report["mature_share"] = round(float(row[2]), 4)
-        report["null_share"] = {
-            f.name: round(float(v), 4) for f, v in zip(registry.FEATURES, row[3:], strict=True)
-        }
+    n = stats["rows"]
+    report["rows"] = n
+    if n:
+        report["returned_rate"] = round(stats["returned"] / n, 4)
+        report["mature_share"] = round(stats["label_mature"] / n, 4)
+        report["null_share"] = {f.name: round(stats["nulls"][f.name] / n, 4) for f in registry.FEATURES}
     return report
+
+
+def _write_chunks(chunks: Iterator[Any], out_path: Path | str) -> dict[str, Any]:
+    """Write Arrow chunks into one Parquet file; each chunk is written while the next one is assembled.
+
+    zstd, with dictionary encoding only for text columns (numeric feature columns have too many
+    distinct values for it to pay: same file size, a quarter less CPU). Returns the row count, the
+    null count of every column and the sums of the labels (the report's shares, without re-reading).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    stats: dict[str, Any] = {"rows": 0, "nulls": {}, "returned": 0.0, "label_mature": 0.0}
+    writer = None
+    with ThreadPoolExecutor(1, thread_name_prefix="parquet") as pool:
+        pending = None
+        try:
+            for chunk in chunks:
+                if writer is None:
+                    text = [
+                        f.name
+                        for f in chunk.schema
+                        if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                    ]
+                    writer = pq.ParquetWriter(
+                        str(out_path), chunk.schema, compression="zstd", use_dictionary=text or False
+                    )
+                stats["rows"] += chunk.num_rows
+                for name in chunk.column_names:
+                    stats["nulls"][name] = stats["nulls"].get(name, 0) + chunk.column(name).null_count
+                for label in ("returned", "label_mature"):
+                    if label in chunk.column_names and chunk.num_rows:
+                        total = pc.sum(chunk.column(label).cast(pa.int64())).as_py()
+                        stats[label] += float(total or 0)
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(writer.write_table, chunk.cast(writer.schema), ROW_GROUP_ROWS)
+            if pending is not None:
+                pending.result()
+        finally:
+            if pending is not None:
+                pending.exception()  # wait: the writer must not be closed under a running write
+            if writer is not None:
+                writer.close()
+    return stats
 
 
 def merge_tables(

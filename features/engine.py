@@ -88,6 +88,8 @@ class Context:
     background: bool = False
     #: table name -> function that creates it (waits for its background work); see `need`
     pending: dict[str, Callable[[], None]] = field(default_factory=dict)
+    #: Arrow tables registered with DuckDB by name (e.g. the scan's `sx0`), kept for zero-copy slicing
+    arrow: dict[str, Any] = field(default_factory=dict)
 
     def sql(self, query: str) -> None:
         self.con.execute(query)

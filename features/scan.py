@@ -10,8 +10,7 @@ lines), this module:
    streams) become one fetch carrying every stream's key; literal values ("1.0") are not fetched at all;
 2. gives every stream key a dense integer code (integer ids minus their minimum, no hashing; strings are
    dictionary-encoded; key tuples re-densified);
-3. orders all events by time with a stable bucket sort (O(n): a counting pass on coarse time, then the
-   few events sharing a bucket sorted exactly);
+3. orders each source's events by time (stable; line events come nearly sorted, in qi order);
 4. walks the target lines in qi order, which is time order (order_ts, line_id), applying every event
    dated strictly before the line's order to its keys' running state (sums in float64; "last"/"first"
    the max/min value, as the window SQL's max/min: the latest/earliest for event timestamps) and then
@@ -143,96 +142,65 @@ def key_codes(parts: Sequence[Sequence[pa.ChunkedArray | pa.Array]]) -> tuple[li
 
 
 # ------------------------------------------------------------------------------------------ kernels
-@nb.njit(cache=True, nogil=True)
-def time_order(ts: np.ndarray) -> np.ndarray:
-    """Stable argsort of int64 times in O(n): counting sort on coarse time, then exact sort per bucket."""
-    n = len(ts)
-    perm = np.empty(n, np.int64)
-    if n == 0:
-        return perm
-    lo, hi = ts[0], ts[0]
-    for i in range(n):
-        if ts[i] < lo:
-            lo = ts[i]
-        if ts[i] > hi:
-            hi = ts[i]
-    span = np.uint64(hi - lo)
-    target = max(1, n // 4)
-    shift = 0
-    while (span >> np.uint64(shift)) >= np.uint64(target):
-        shift += 1
-    nb_ = np.int64(span >> np.uint64(shift)) + 1
-    start = np.zeros(nb_ + 1, np.int64)
-    for i in range(n):
-        start[np.int64(np.uint64(ts[i] - lo) >> np.uint64(shift)) + 1] += 1
-    for b in range(nb_):
-        start[b + 1] += start[b]
-    fill = start[:-1].copy()
-    for i in range(n):
-        b = np.int64(np.uint64(ts[i] - lo) >> np.uint64(shift))
-        perm[fill[b]] = i
-        fill[b] += 1
-    for b in range(nb_):
-        a, e = start[b], start[b + 1]
-        if e - a < 2:
-            continue
-        if e - a > 32:
-            seg = perm[a:e].copy()
-            order = np.argsort(ts[seg], kind="mergesort")
-            for j in range(e - a):
-                perm[a + j] = seg[order[j]]
-            continue
-        for j in range(a + 1, e):  # insertion sort (stable: strictly smaller moves left)
-            p = perm[j]
-            t = ts[p]
-            k = j - 1
-            while k >= a and ts[perm[k]] > t:
-                perm[k + 1] = perm[k]
-                k -= 1
-            perm[k + 1] = p
-    return perm
+def _time_order(ts: np.ndarray, start: int) -> np.ndarray:
+    """Global row numbers (start + local) of one source's events in time order (stable).
+
+    Sources come mostly in their table's storage order, which for line events is qi order (by order
+    time): timsort's runs make the nearly sorted ones cheap, and sorted ones are not sorted again.
+    """
+    if len(ts) < 2 or bool((ts[1:] >= ts[:-1]).all()):
+        return np.arange(start, start + len(ts), dtype=np.int64)
+    order = np.argsort(ts, kind="stable")
+    order += start
+    return order
 
 
 @nb.njit(cache=True, nogil=True)
 def _scan_kernel(
-    q_ts, q_codes, e_ts, e_perm, e_src, src_start, src_n, k_off, v_off, i_off,
+    q_ts, q_codes, e_ts, e_perm, src_start, k_off, v_off, i_off,
     sum_ops, sum_const, sum_op_start, oth_ops, oth_op_start,
     kflat, vflat, iflat, ivalid,
     state, o_val, o_set,
     read_sum, read_oth, out_f, out_i, out_o, out_ov,
 ):  # fmt: skip
-    """Apply events in time order; before each query (time order), every event dated strictly earlier.
+    """Before each query (in time order), apply every event dated strictly earlier; then read its state.
 
-    sum_ops rows: (key slot, state base, stride, column, value slot or -1 for sum_const); oth_ops rows:
-    (key slot, base, stride, column, int value slot, 1 = last: max / 2 = first: min). read_sum rows: (stream,
-    base, stride, column, 1 = int32 output, output row); read_oth rows: (stream, base, stride, column,
-    output row). Query codes -1: the line has no query row in that stream (output left as initialised).
+    e_perm holds each source's global event rows in time order (source s: src_start[s]..src_start[s+1]);
+    each source has its own pointer, so events of different sources between two queries are applied
+    source by source (sums are order-free up to rounding, max / min exactly). sum_ops rows: (key slot,
+    state base, stride, column, value slot or -1 for sum_const); oth_ops rows: (key slot, base, stride,
+    column, int value slot, 1 = last: max / 2 = first: min). read_sum rows: (stream, base, stride,
+    column, 1 = int32 output, output row); read_oth rows: (stream, base, stride, column, output row).
+    Query codes -1: the line has no query row in that stream (output left as initialised).
     """
     nq = len(q_ts)
-    ne = len(e_perm)
-    j = 0
+    n_src = len(src_start) - 1
+    ptr = src_start[:-1].copy()
     for q in range(nq):
         t = q_ts[q]
-        while j < ne and e_ts[e_perm[j]] < t:
-            i = e_perm[j]
-            s = e_src[i]
-            r = i - src_start[s]
-            n = src_n[s]
-            for o in range(sum_op_start[s], sum_op_start[s + 1]):
-                code = kflat[k_off[s] + sum_ops[o, 0] * n + r]
-                v = sum_const[o] if sum_ops[o, 4] < 0 else vflat[v_off[s] + sum_ops[o, 4] * n + r]
-                state[sum_ops[o, 1] + code * sum_ops[o, 2] + sum_ops[o, 3]] += v
-            for o in range(oth_op_start[s], oth_op_start[s + 1]):
-                at = i_off[s] + oth_ops[o, 4] * n + r
-                if not ivalid[at]:
-                    continue
-                code = kflat[k_off[s] + oth_ops[o, 0] * n + r]
-                x = oth_ops[o, 1] + code * oth_ops[o, 2] + oth_ops[o, 3]
-                v = iflat[at]
-                if not o_set[x] or (v > o_val[x] if oth_ops[o, 5] == 1 else v < o_val[x]):
-                    o_set[x] = 1
-                    o_val[x] = v
-            j += 1
+        for s in range(n_src):
+            j = ptr[s]
+            end = src_start[s + 1]
+            n = end - src_start[s]
+            while j < end and e_ts[e_perm[j]] < t:
+                i = e_perm[j]
+                r = i - src_start[s]
+                for o in range(sum_op_start[s], sum_op_start[s + 1]):
+                    code = kflat[k_off[s] + sum_ops[o, 0] * n + r]
+                    v = sum_const[o] if sum_ops[o, 4] < 0 else vflat[v_off[s] + sum_ops[o, 4] * n + r]
+                    state[sum_ops[o, 1] + code * sum_ops[o, 2] + sum_ops[o, 3]] += v
+                for o in range(oth_op_start[s], oth_op_start[s + 1]):
+                    at = i_off[s] + oth_ops[o, 4] * n + r
+                    if not ivalid[at]:
+                        continue
+                    code = kflat[k_off[s] + oth_ops[o, 0] * n + r]
+                    x = oth_ops[o, 1] + code * oth_ops[o, 2] + oth_ops[o, 3]
+                    v = iflat[at]
+                    if not o_set[x] or (v > o_val[x] if oth_ops[o, 5] == 1 else v < o_val[x]):
+                        o_set[x] = 1
+                        o_val[x] = v
+                j += 1
+            ptr[s] = j
         for o in range(read_sum.shape[0]):
             code = q_codes[read_sum[o, 0], q]
             if code < 0:
@@ -454,9 +422,11 @@ def scan_streams(
     iflat = np.concatenate(iparts) if iparts else np.zeros(0, np.int64)
     ivalid = np.concatenate(vparts_valid) if vparts_valid else np.zeros(0, np.uint8)
     del vparts, iparts, vparts_valid
-    e_src = np.repeat(np.arange(n_src, dtype=np.int32), n_rows)
     lap("values")
-    e_perm = time_order(e_ts)
+    e_perm = np.concatenate(
+        [_time_order(e_ts[src_start[j] : src_start[j + 1]], int(src_start[j])) for j in range(n_src)]
+        or [np.zeros(0, np.int64)]
+    )
     lap("sort")
 
     # ---- outputs
@@ -482,7 +452,7 @@ def scan_streams(
         return np.array(rows, np.int64).reshape(len(rows), width)
 
     _scan_kernel(
-        q_ts, q_codes, e_ts, e_perm, e_src, src_start, n_rows, k_off, v_off, i_off,
+        q_ts, q_codes, e_ts, e_perm, src_start, k_off, v_off, i_off,
         arr2(sum_ops, 5), np.array(sum_const, np.float64), np.array(sum_op_start, np.int64),
         arr2(oth_ops, 6), np.array(oth_op_start, np.int64),
         kflat, vflat, iflat, ivalid, state, o_val, o_set,

@@ -199,7 +199,8 @@ def build_streams(
             else:
                 typ = out.get(f"_type_{r.name}", pa.timestamp("us"))
                 arrays[r.name] = pa.array(values, mask=mask).cast(typ)
-        ctx.con.register("sx0", pa.table(arrays))
+        ctx.arrow["sx0"] = pa.table(arrays)
+        ctx.con.register("sx0", ctx.arrow["sx0"])
     else:
         joins = " ".join(f"LEFT JOIN {t} USING (qi)" for t in stream_tables)
         ctx.sql(

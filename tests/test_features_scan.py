@@ -8,26 +8,8 @@ import pyarrow as pa
 import pytest
 
 from features.engine import Context, FeaturizeParams, connect
-from features.scan import key_codes, time_order
+from features.scan import key_codes
 from features.streams import Events, Running, build_streams
-
-
-@pytest.mark.parametrize(
-    ("n", "span", "ties"),
-    [(0, 1, 0), (1, 1, 0), (50, 10, 1), (20_000, 2**46, 7), (20_000, 2**62, 3), (5_000, 5_000, 2)],
-)
-def test_time_order_is_a_stable_argsort(n, span, ties):
-    rng = np.random.default_rng(n + ties)
-    ts = rng.integers(-(2**40), span, n, dtype=np.int64)
-    if ties and n:
-        ts[::ties] = ts[0]
-    assert np.array_equal(time_order(ts), np.argsort(ts, kind="stable"))
-
-
-def test_time_order_with_one_crowded_bucket():
-    # most rows in one coarse bucket (distinct, descending), one far outlier: the per-bucket sort path
-    ts = np.concatenate([np.arange(10_000, 0, -1), [2**50]]).astype(np.int64)
-    assert np.array_equal(time_order(ts), np.argsort(ts, kind="stable"))
 
 
 def test_key_codes_group_equal_tuples_across_row_sets():
