@@ -95,9 +95,12 @@ def encode_frame(
     X = np.empty((len(df), len(features)), dtype=np.float64, order=order)
     for j, name in enumerate(features):
         col = df[name]
-        X[:, j] = (
-            encode_categorical(col, categorical[name]) if name in categorical else encode_numeric(col, name)
-        )
+        if name in categorical:
+            X[:, j] = encode_categorical(col, categorical[name])
+        elif col.dtype == np.float64:
+            X[:, j] = col.to_numpy()  # straight into the matrix (no intermediate copy)
+        else:
+            X[:, j] = encode_numeric(col, name)
     return X
 
 

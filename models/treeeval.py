@@ -161,12 +161,7 @@ class Perfect:
     col: np.ndarray  # per node (n_trees x (2^depth - 1), flattened): the view it reads
     thr: np.ndarray
     leaf_value: np.ndarray  # n_trees x 2^depth, flattened
-    view_src: np.ndarray  # per view: the feature column of X
-    view_cat: np.ndarray  # 1: a categorical split's membership test (0: in its set, 1: not)
-    view_nan: np.ndarray  # numerical views: the value NaN becomes
-    view_zero: np.ndarray  # numerical views: the value 0 and |x| <= 1e-35 become
-    view_bits_start: np.ndarray  # categorical views: the split's bitset words
-    view_bits_end: np.ndarray
+    views: Views
 
 
 def _depth(forest: Forest, node: int) -> int:
@@ -187,6 +182,80 @@ def _view_of(kind: int, thr: float) -> tuple[str, float, float]:
     return f"n{nan_val}z{zero_val}", nan_val, zero_val
 
 
+@dataclass(frozen=True)
+class Views:
+    """The per-node views of a forest's features (see `Perfect`): view v reads column src[v] of X."""
+
+    src: np.ndarray
+    cat: np.ndarray  # 1: a categorical split's membership test (0: in its set, 1: not)
+    nan: np.ndarray  # numerical views: the value NaN becomes
+    zero: np.ndarray  # numerical views: the value 0 and |x| <= 1e-35 become
+    bits_start: np.ndarray  # categorical views: the split's bitset words in Forest.bits
+    bits_end: np.ndarray
+
+
+def build_views(forest: Forest) -> tuple[Views, np.ndarray, np.ndarray]:
+    """(views, view read by each forest node, threshold of each node on its view): with them every
+    decision of `forest` is `V[r, col[node]] <= thr[node]` (LightGBM's, tested)."""
+    f = forest
+    index: dict[tuple[int, str], int] = {}
+    src: list[int] = []
+    cat: list[int] = []
+    nan: list[float] = []
+    zero: list[float] = []
+    bits: list[tuple[int, int]] = []
+    col = np.zeros(len(f.feat), dtype=np.int64)
+    thr = np.zeros(len(f.feat), dtype=np.float64)
+    for node in range(len(f.feat)):
+        k, j = int(f.kind[node]), int(f.feat[node])
+        if k & CATEGORICAL:  # a 0/1 view per distinct category set: 0 = in the set (left), <= 0.5
+            b0, b1 = int(f.bits_start[node]), int(f.bits_end[node])
+            spec = ("cat" + ",".join(str(int(w)) for w in f.bits[b0:b1]), 1, np.nan, 0.0, (b0, b1))
+            thr[node] = 0.5
+        else:
+            thr[node] = float(f.thr[node])
+            label, nan_val, zero_val = _view_of(k, thr[node])
+            spec = (label, 0, nan_val, zero_val, (0, 0))
+        key = (j, spec[0])
+        if key not in index:
+            index[key] = len(src)
+            src.append(j)
+            cat.append(spec[1])
+            nan.append(spec[2])
+            zero.append(spec[3])
+            bits.append(spec[4])
+        col[node] = index[key]
+    if not src:  # only one-leaf trees: one dummy view keeps the kernels' arrays non-empty
+        src, cat, nan, zero, bits = [0], [0], [0.0], [0.0], [(0, 0)]
+    b = np.asarray(bits, dtype=np.int64).reshape(-1, 2)
+    views = Views(
+        np.asarray(src, dtype=np.int64), np.asarray(cat, dtype=np.uint8), np.asarray(nan, dtype=np.float64),
+        np.asarray(zero, dtype=np.float64), np.ascontiguousarray(b[:, 0]), np.ascontiguousarray(b[:, 1]),
+    )  # fmt: skip
+    return views, col, thr
+
+
+@nb.njit(cache=True, inline="always")
+def fill_views(X, lo, hi, src, cat, nan, zero, bits_start, bits_end, bits, V):
+    """V[r - lo, v] = view v of row r, for rows lo..hi-1 (LightGBM's missing-value and category rules)."""
+    for r in range(lo, hi):
+        for v in range(src.shape[0]):
+            x = X[r, src[v]]
+            if cat[v]:
+                out_of_set = 1.0
+                if x > -1.0 and x < 2147483648.0:  # int(x) >= 0, as LightGBM's static_cast
+                    c = int(x)
+                    w = bits_start[v] + (c >> 5)
+                    if w < bits_end[v] and (bits[w] >> np.uint32(c & 31)) & np.uint32(1):
+                        out_of_set = 0.0
+                x = out_of_set
+            elif x != x:
+                x = nan[v]
+            elif abs(x) <= 1e-35:
+                x = zero[v]
+            V[r - lo, v] = x
+
+
 def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect | None:
     """The complete-tree layout of `forest`, or None when a tree is deeper than `max_depth`."""
     depth = max((_depth(forest, int(r)) for r in forest.roots), default=0)
@@ -194,22 +263,7 @@ def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect
         return None
     depth = max(depth, 1)
     n_int, n_leaf, T = (1 << depth) - 1, 1 << depth, forest.n_trees
-    views: dict[tuple[int, str], int] = {}
-    view_src: list[int] = []
-    view_cat: list[int] = []
-    view_nan: list[float] = []
-    view_zero: list[float] = []
-    view_bits: dict[int, tuple[int, int]] = {}
-
-    def view(j: int, label: str, cat: bool, nan_val: float, zero_val: float) -> int:
-        if (j, label) not in views:
-            views[(j, label)] = len(view_src)
-            view_src.append(j)
-            view_cat.append(int(cat))
-            view_nan.append(nan_val)
-            view_zero.append(zero_val)
-        return views[(j, label)]
-
+    views, node_col, node_thr = build_views(forest)
     col = np.zeros(T * n_int, dtype=np.int32)
     thr = np.zeros(T * n_int, dtype=np.float64)
     leaf_value = np.zeros(T * n_leaf, dtype=np.float64)
@@ -226,28 +280,10 @@ def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect
                 leaf_value[lo : lo + (1 << (depth - level))] = f.leaf_value[~node]
                 continue
             i = t * n_int + h
-            k, j = int(f.kind[node]), int(f.feat[node])
-            if k & CATEGORICAL:  # a 0/1 view per distinct category set: 0 = in the set (left), <= 0.5
-                b0, b1 = int(f.bits_start[node]), int(f.bits_end[node])
-                label = "cat" + ",".join(str(int(w)) for w in f.bits[b0:b1])
-                col[i] = view(j, label, True, np.nan, 0.0)
-                view_bits[int(col[i])] = (b0, b1)
-                thr[i] = 0.5
-            else:
-                thr[i] = float(f.thr[node])
-                label, nan_val, zero_val = _view_of(k, thr[i])
-                col[i] = view(j, label, False, nan_val, zero_val)
+            col[i], thr[i] = node_col[node], node_thr[node]
             stack.append((int(f.left[node]), 2 * h + 1, level + 1))
             stack.append((int(f.right[node]), 2 * h + 2, level + 1))
-    if not view_src:  # only one-leaf trees: one dummy view keeps the kernel's arrays non-empty
-        view(0, "dummy", False, 0.0, 0.0)
-    vb = np.array([view_bits.get(v, (0, 0)) for v in range(len(view_src))], dtype=np.int32).reshape(-1, 2)
-    return Perfect(
-        depth, col, thr, leaf_value,
-        np.asarray(view_src, dtype=np.int64), np.asarray(view_cat, dtype=np.uint8),
-        np.asarray(view_nan, dtype=np.float64), np.asarray(view_zero, dtype=np.float64),
-        np.ascontiguousarray(vb[:, 0]), np.ascontiguousarray(vb[:, 1]),
-    )  # fmt: skip
+    return Perfect(depth, col, thr, leaf_value, views)
 
 
 @nb.njit(cache=True, inline="always")
@@ -309,22 +345,7 @@ def _predict_perfect(X, out, depth, col, thr, leaf_value, view_src, view_cat, vi
         lo = b * block
         hi = min(n, lo + block)
         V = np.empty((hi - lo, n_views))  # the block's rows as the nodes read them (Perfect docstring)
-        for r in range(lo, hi):
-            for v in range(n_views):
-                x = X[r, view_src[v]]
-                if view_cat[v]:
-                    out_of_set = 1.0
-                    if x > -1.0 and x < 2147483648.0:  # int(x) >= 0, as LightGBM's static_cast
-                        c = int(x)
-                        w = view_bits_start[v] + (c >> 5)
-                        if w < view_bits_end[v] and (bits[w] >> np.uint32(c & 31)) & np.uint32(1):
-                            out_of_set = 0.0
-                    x = out_of_set
-                elif x != x:
-                    x = view_nan[v]
-                elif abs(x) <= 1e-35:
-                    x = view_zero[v]
-                V[r - lo, v] = x
+        fill_views(X, lo, hi, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits, V)
         acc = np.zeros(hi - lo)
         for t in range(n_trees):  # trees outer, rows inner: each row still adds its trees in tree order
             base = t * n_int
@@ -358,9 +379,9 @@ def predict_raw(forest: Forest, X: np.ndarray, num_threads: int | None = None) -
         p = f.perfect
         if p is not None:
             bits = f.bits if len(f.bits) else np.zeros(1, dtype=np.uint32)  # the kernel always reads a word
-            _predict_perfect(X, out, p.depth, p.col, p.thr, p.leaf_value, p.view_src, p.view_cat, p.view_nan,
-                             p.view_zero, p.view_bits_start, p.view_bits_end, bits,
-                             PERFECT_BLOCK_ROWS)  # fmt: skip
+            v = p.views
+            _predict_perfect(X, out, p.depth, p.col, p.thr, p.leaf_value, v.src, v.cat, v.nan, v.zero,
+                             v.bits_start, v.bits_end, bits, PERFECT_BLOCK_ROWS)  # fmt: skip
             return out
         _predict(X, out, f.roots, f.feat, f.thr, f.kind, f.left, f.right, f.bits_start, f.bits_end, f.bits,
                  f.leaf_value, BLOCK_ROWS)  # fmt: skip

@@ -30,6 +30,8 @@ from typing import Any
 import numba as nb
 import numpy as np
 
+from models.treeeval import fill_views
+
 MAX_DISTINCT = 10
 MAX_PATH = 12  # longer paths: LightGBM's pred_contrib (a leaf maps 2^path patterns to its table rows)
 MAX_TABLE_FLOATS = 32_000_000  # 256 MB of tables at most; deeper/larger models use LightGBM's pred_contrib
@@ -41,21 +43,20 @@ _MISSING = {"None": 0, "Zero": 1, "NaN": 2}
 class TreeTables:
     """A LightGBM model flattened into arrays for the numba kernel.
 
-    Node decisions use `models.treeeval`'s pre-resolved missing-value rules. Every leaf's path is padded
-    to `path_len` entries (padding: a dummy node that always agrees) and its distinct features to `width`
-    slots (padding: feature index n_features, a scratch column, with zero table entries), so the kernel's
-    inner loops have fixed trip counts (no mispredicted loop exits).
+    Per row and tree the kernel (1) decides every node with one `<=` on `models.treeeval` views (missing
+    values and category sets pre-resolved), (2) builds each node's and leaf's *agreement pattern* (bit k:
+    x follows the path at depth k) from its parent's in pre-order, (3) per leaf maps the pattern to the
+    feature mask of its table (`pattern_mask`) and adds the table row to the leaf's d features. This
+    replaces a per-leaf loop over the path (half the time of the first version); loop trip counts are the
+    same for every row, so the branch predictor learns them.
     """
 
     n_features: int
-    # nodes (global index; tree t owns [tree_node_start[t], tree_node_start[t + 1]))
-    feat: np.ndarray
+    # nodes (global index; tree t owns [tree_node_start[t], tree_node_start[t + 1])): node i goes left when
+    # view col[i] of the row (models.treeeval.Views: missing values and category sets pre-resolved) <= thr[i]
+    col: np.ndarray
     thr: np.ndarray
-    nan_left: np.ndarray
-    zero_left: np.ndarray
-    is_cat: np.ndarray
-    bits_start: np.ndarray
-    bits_end: np.ndarray
+    views: Any
     bits: np.ndarray  # uint32 category bitset words (at least one)
     tree_node_start: np.ndarray
     tree_leaf_start: np.ndarray
@@ -70,8 +71,9 @@ class TreeTables:
     leaf_slot: np.ndarray
     pattern_mask: np.ndarray  # leaf x 2^path_len: path agreement pattern -> feature mask of the table
     width: int
-    uf: np.ndarray  # leaf x width: the leaf's distinct features, padded with n_features
-    tbl_start: np.ndarray  # the leaf's table: 2^d rows of `width` values
+    n_distinct: np.ndarray  # d per leaf
+    uf: np.ndarray  # leaf x width: the leaf's d distinct features (then padding)
+    tbl_start: np.ndarray  # the leaf's table: 2^d rows of d values
     table: np.ndarray
     base: float
     max_distinct: int
@@ -116,7 +118,7 @@ def _leaf_table(v: float, z: np.ndarray, w: np.ndarray, out: np.ndarray) -> None
 def build_tables(booster: Any, max_distinct: int = MAX_DISTINCT) -> TreeTables | None:
     """Tabulate a LightGBM booster; None when a leaf's path has more than `max_distinct` distinct
     features or the tables would exceed MAX_TABLE_FLOATS (callers then use LightGBM's pred_contrib)."""
-    from models.treeeval import CATEGORICAL, DEFAULT_LEFT, build_forest
+    from models.treeeval import build_forest, build_views
 
     model = booster.dump_model()
     forest = build_forest(booster)
@@ -208,6 +210,7 @@ def build_tables(booster: Any, max_distinct: int = MAX_DISTINCT) -> TreeTables |
     # depths set in `pattern` (a feature's bit is cleared when any of its splits on the path disagrees)
     pattern_mask = np.zeros(L << P, dtype=np.int64)
     leaf_slot = np.zeros(L, dtype=np.int64)
+    n_distinct = np.zeros(L, dtype=np.int64)
     uf = np.full(L * W, n_features, dtype=np.int64)
     tbl_start = np.zeros(L, dtype=np.int64)
     tables = []
@@ -221,31 +224,17 @@ def build_tables(booster: Any, max_distinct: int = MAX_DISTINCT) -> TreeTables |
         pattern_mask[i << P : (i + 1) << P] = mask
         leaf_slot[i] = slot
         uf[i * W : i * W + d] = distinct
-        padded = np.zeros(((1 << d), W))
-        if d:
-            padded[:, :d] = tab.reshape(1 << d, d)
-        tables.append(padded.ravel())
+        n_distinct[i] = d
+        tables.append(tab)
         tbl_start[i] = pos
-        pos += padded.size
-    # per-node decision rules, as the compiled predictor resolves them
-    kind = f.kind.astype(np.int64)
-    thr = f.thr.astype(np.float64)
-    is_cat = ((kind & CATEGORICAL) != 0).astype(np.uint8)
-    m = kind & 3
-    dflt = ((kind & DEFAULT_LEFT) != 0).astype(np.uint8)
-    by_thr = (thr >= 0.0).astype(np.uint8)
-    nan_left = np.where(is_cat == 1, 0, np.where(m == 0, by_thr, dflt)).astype(np.uint8)
-    zero_left = np.where(m == 1, dflt, by_thr).astype(np.uint8)
+        pos += tab.size
+    views, node_col, node_thr = build_views(forest)
     i64 = lambda a: np.asarray(a, dtype=np.int64)  # noqa: E731
     return TreeTables(
         n_features=n_features,
-        feat=i64(f.feat),
-        thr=thr,
-        nan_left=nan_left,
-        zero_left=zero_left,
-        is_cat=is_cat,
-        bits_start=i64(f.bits_start),
-        bits_end=i64(f.bits_end),
+        col=i64(node_col),
+        thr=node_thr,
+        views=views,
         bits=f.bits if len(f.bits) else np.zeros(1, dtype=np.uint32),
         tree_node_start=i64(tree_node_start),
         tree_leaf_start=i64(tree_leaf_start),
@@ -258,6 +247,7 @@ def build_tables(booster: Any, max_distinct: int = MAX_DISTINCT) -> TreeTables |
         leaf_slot=leaf_slot,
         pattern_mask=pattern_mask,
         width=W,
+        n_distinct=n_distinct,
         uf=uf,
         tbl_start=tbl_start,
         table=np.concatenate(tables) if tables else np.zeros(1),
@@ -270,53 +260,42 @@ BLOCK_ROWS = 64  # rows per work item: a tree's tables stay in L1 while the bloc
 
 
 @nb.njit(parallel=True, cache=True)
-def _kernel(X, out, feat, thr, nan_left, zero_left, is_cat, bits_start, bits_end, bits, tree_node_start,
-            tree_slot_start, slot_parent, slot_node, slot_side, slot_depth, tree_leaf_start, P, leaf_slot,
-            pattern_mask, W, uf, tbl_start, table, block):  # fmt: skip
+def _kernel(X, out, col, thr, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits,
+            tree_node_start, tree_slot_start, slot_parent, slot_node, slot_side, slot_depth, tree_leaf_start, P,
+            leaf_slot, pattern_mask, W, n_distinct, uf, tbl_start, table, block):  # fmt: skip
     n = X.shape[0]
     nf = out.shape[1] - 1
-    n_nodes = feat.shape[0]
+    n_nodes = col.shape[0]
     n_trees = tree_node_start.shape[0] - 1
     n_blocks = (n + block - 1) // block
     for b in nb.prange(n_blocks):
         lo = b * block
         hi = min(n, lo + block)
+        V = np.empty((hi - lo, view_src.shape[0]))  # the rows as the nodes read them (one <= per node)
+        fill_views(X, lo, hi, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits, V)
         go = np.empty(n_nodes + 1, dtype=np.uint8)  # node decisions (1: left); the roots' dummy parent
         pat = np.zeros(slot_parent.shape[0] + 1, dtype=np.int64)  # agreement pattern per slot
-        phi = np.zeros((hi - lo, nf + 1))  # column nf: scratch for padded feature slots
+        phi = np.zeros((hi - lo, nf))
         for t in range(n_trees):  # trees outer: a tree's tables are reused by every row of the block
             n0 = tree_node_start[t]
             n1 = tree_node_start[t + 1]
             s0 = tree_slot_start[t]
             s1 = tree_slot_start[t + 1]
-            for r in range(lo, hi):
+            for r in range(hi - lo):
                 go[n_nodes] = 1
                 for i in range(n0, n1):
-                    x = X[r, feat[i]]
-                    if is_cat[i]:
-                        g = 0
-                        if x > -1.0 and x < 2147483648.0:  # int(x) >= 0, as LightGBM's static_cast
-                            c = int(x)
-                            w = bits_start[i] + (c >> 5)
-                            if w < bits_end[i]:
-                                g = np.int64((bits[w] >> np.uint32(c & 31)) & np.uint32(1))
-                    else:  # branch-free: NaN and (near-)zero by the node's pre-resolved rules
-                        a = np.int64(x <= thr[i])
-                        z = np.int64(abs(x) <= 1e-35)
-                        nn = np.int64(x != x)
-                        g = (a & (1 - z)) | (np.int64(zero_left[i]) & z)
-                        g = (g & (1 - nn)) | (np.int64(nan_left[i]) & nn)
-                    go[i] = g
+                    go[i] = V[r, col[i]] <= thr[i]
                 # agreement pattern of every slot from its parent's (pre-order: parents first)
                 for sl in range(s0 + 1, s1):
                     agree = np.int64(go[slot_node[sl]] == slot_side[sl])
                     pat[sl] = pat[slot_parent[sl]] | (agree << slot_depth[sl])
-                row = phi[r - lo]
+                row = phi[r]
                 for leaf in range(tree_leaf_start[t], tree_leaf_start[t + 1]):
                     mask = pattern_mask[(leaf << P) + pat[leaf_slot[leaf]]]
-                    tb = tbl_start[leaf] + mask * W
+                    d = n_distinct[leaf]
+                    tb = tbl_start[leaf] + mask * d
                     ub = leaf * W
-                    for k in range(W):
+                    for k in range(d):  # the same trip counts for every row: predicted well
                         row[uf[ub + k]] += table[tb + k]
         for r in range(lo, hi):
             for j in range(nf):
@@ -334,9 +313,10 @@ def contributions(tables: TreeTables, X: np.ndarray) -> np.ndarray:
     out = np.zeros((X.shape[0], X.shape[1] + 1))
     t = tables
     if X.shape[0]:
-        _kernel(X, out, t.feat, t.thr, t.nan_left, t.zero_left, t.is_cat, t.bits_start, t.bits_end, t.bits,
+        v = t.views
+        _kernel(X, out, t.col, t.thr, v.src, v.cat, v.nan, v.zero, v.bits_start, v.bits_end, t.bits,
                 t.tree_node_start, t.tree_slot_start, t.slot_parent, t.slot_node, t.slot_side, t.slot_depth,
-                t.tree_leaf_start, t.path_len, t.leaf_slot, t.pattern_mask, t.width, t.uf, t.tbl_start,
+                t.tree_leaf_start, t.path_len, t.leaf_slot, t.pattern_mask, t.width, t.n_distinct, t.uf, t.tbl_start,
                 t.table, BLOCK_ROWS)  # fmt: skip
     out[:, -1] = t.base
     return out
