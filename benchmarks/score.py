@@ -15,7 +15,12 @@ model folder. Then, on the same machine and data:
   - score_reasons_*: with top-3 reasons in words, on the first --reasons-rows lines of the export;
   - naive_*: the training path a notebook would take: `build_features` over history + export into pandas,
     keep the export's lines, `booster.predict` on the DataFrame (no validation, no calibration, no file);
-  - *_cpu_seconds: process CPU time (robust to other load on a shared machine).
+  - predict_* / treeshap_*: the model steps alone on the export's features (one feature build): LightGBM's
+    `booster.predict` vs the compiled trees (`ReturnModel.raw_from_matrix`, models/treeeval.py) on the same
+    column-major matrix, and TreeSHAP with LightGBM's `pred_contrib` vs the per-leaf tables
+    (models/treeshap.py) on a sample (--shap-sample lines); with the largest differences between them;
+  - *_cpu_seconds: process CPU time (robust to other load on a shared machine); load_average_*: the
+    machine's 1-minute load average at the start and end (other engineers share the machine).
 
     .venv/bin/python -m benchmarks.score --rows 1000000 [--lgbm num_leaves=15 --lgbm max_depth=4]
 """
@@ -23,6 +28,7 @@ model folder. Then, on the same machine and data:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -132,7 +138,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--skip-naive", action="store_true")
     ap.add_argument("--skip-cold", action="store_true", help="skip the run without a precomputed state")
+    ap.add_argument("--skip-components", action="store_true", help="skip the predict / TreeSHAP comparison")
+    ap.add_argument("--shap-sample", type=int, default=20_000, help="lines of the pred_contrib comparison")
     args = ap.parse_args(argv)
+    _emit("load_average_start", os.getloadavg()[0], "")
 
     from features.state import build_state
     from models.artifact import ReturnModel
@@ -208,13 +217,18 @@ def main(argv: list[str] | None = None) -> None:
             _emit("score_cold_vs_state_max_abs_diff", float(np.abs(same - cold).max()) if n else 0.0, "")
 
         m = min(args.reasons_rows, n)
-        sub = _write_export(export, tmp / "export_sub", m)
+        sub = exp_dir if m == n else _write_export(export, tmp / "export_sub", m)
         res_r, wall_r, cpu_r = score(state, 3, sub, "scored_reasons.parquet")
         _emit("score_reasons_lines", res_r.scored, "lines")
         _emit("score_reasons_seconds", wall_r, "s")
         _emit("score_reasons_cpu_seconds", cpu_r, "s")
         _emit("score_reasons_lines_per_s", res_r.scored / wall_r, "lines/s")
-        _emit("score_reasons_step_seconds", res_r.timings.get("reasons_s", float("nan")), "s")
+        for step, sec in res_r.timings.items():
+            name = "total" if step == "reasons_s" else step.removeprefix("reasons_").removesuffix("_s")
+            _emit(f"score_reasons_{name}_seconds", sec, "s")
+
+        if not args.skip_components:
+            _components(model, history, export, state, params, args.shap_sample)
 
         if not args.skip_naive:
             from features.build import build_features, merge_tables
@@ -235,6 +249,40 @@ def main(argv: list[str] | None = None) -> None:
             _emit("naive_lines_per_s", n / wall_n, "lines/s")
             _emit("score_vs_naive_speed_ratio", wall_n / wall, "x")
             _emit("score_reasons_vs_naive_speed_ratio", (res_r.scored / wall_r) / (n / wall_n), "x")
+    _emit("load_average_end", os.getloadavg()[0], "")
+
+
+def _components(model, history: dict, export: dict, state, params: dict, shap_sample: int) -> None:
+    """Prediction and TreeSHAP alone on the export's features: LightGBM's own paths vs the compiled ones."""
+    from features.build import build_features_for_batch
+    from models import treeshap
+    from models.explain import _tables_for
+
+    fparams = {"featurize": params.get("featurize") or {}, "labels": params.get("labels") or {}}
+    feats = build_features_for_batch(None, dict(export), params=fparams, state=state)
+    X = model.encode(feats)
+    model.raw_from_matrix(X[:100])  # compiled once per process (numba cache)
+    n = len(X)
+    ref, wall_b, cpu_b = _timed(lambda: model.booster.predict(X, raw_score=True))
+    got, wall_c, cpu_c = _timed(lambda: model.raw_from_matrix(X))
+    _emit("predict_booster_seconds", wall_b, "s")
+    _emit("predict_booster_cpu_seconds", cpu_b, "s")
+    _emit("predict_compiled_seconds", wall_c, "s")
+    _emit("predict_compiled_cpu_seconds", cpu_c, "s")
+    _emit("predict_compiled_speedup", wall_b / wall_c, "x")
+    _emit("predict_compiled_max_abs_diff", float(np.abs(got - ref).max()) if n else 0.0, "")
+    tables = _tables_for(model.booster)
+    if tables is None:
+        return
+    Xs = X[: min(shap_sample, n)]
+    treeshap.contributions(tables, Xs[:100])
+    ref_c, wall_l, cpu_l = _timed(lambda: model.booster.predict(Xs, pred_contrib=True))
+    got_c, wall_t, cpu_t = _timed(lambda: treeshap.contributions(tables, Xs))
+    _emit("treeshap_pred_contrib_lines_per_s", len(Xs) / wall_l, "lines/s")
+    _emit("treeshap_pred_contrib_cpu_seconds", cpu_l, "s")
+    _emit("treeshap_tables_lines_per_s", len(Xs) / wall_t, "lines/s")
+    _emit("treeshap_tables_cpu_seconds", cpu_t, "s")
+    _emit("treeshap_tables_max_abs_diff", float(np.abs(got_c - ref_c).max()) if len(Xs) else 0.0, "")
 
 
 if __name__ == "__main__":

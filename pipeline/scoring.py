@@ -536,7 +536,7 @@ def _context(
     feats: pd.DataFrame, lines: pd.DataFrame, tables: Mapping[str, pd.DataFrame | None]
 ) -> pd.DataFrame:
     """Sentence context for reasons (size label, size type, countries): never model features."""
-    out = feats.copy()
+    out = feats.copy(deep=False)  # new columns only: the features themselves are not copied
     if "size" in lines:
         out["size"] = lines["size"].astype("string").to_numpy()
     products = tables.get("products")
@@ -809,13 +809,20 @@ def score_export(
                         "warehouses": hist.get("warehouses"),
                     },
                 )
+                tick("reasons_context_s", t0)
+                t1 = time.perf_counter()
+                parts: dict[str, float] = {}
                 reasons = explain_lines(
                     model,
                     ctx,
                     k=k,
                     batch_size=int(xparams.get("batch_size", 100_000)),
                     num_threads=int(xparams.get("num_threads", 0)),
+                    timings=parts,
                 )
+                for name, sec in parts.items():
+                    timings[f"reasons_{name}"] = timings.get(f"reasons_{name}", 0.0) + sec
+                tick("reasons_explain_s", t1)
                 for i in range(1, k + 1):
                     frame[f"reason_{i}"] = reasons[f"reason_{i}"].to_numpy()
                 tick("reasons_s", t0)
