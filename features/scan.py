@@ -79,66 +79,83 @@ def _micros(col: pa.ChunkedArray | pa.Array, null: int = I64_MIN) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ key codes
-def _codes_of(arr: pa.Array) -> tuple[np.ndarray, int]:
-    """Dense int64 codes of one key column (NULL is a value of its own, as in SQL PARTITION BY)."""
-    if pa.types.is_integer(arr.type) and len(arr):
-        lo, hi = pc.min(arr).as_py(), pc.max(arr).as_py()
-        if lo is not None and hi - lo < 2**31:
+def _column_codes(cols: Sequence[pa.ChunkedArray | pa.Array]) -> tuple[list[np.ndarray], int]:
+    """Int64 codes of one key column over several row sets (equal values, equal codes), and the code count.
+
+    Integer keys with a range under 2**31 are value - min (no hashing, no concatenation); other keys
+    are dictionary-encoded per row set and the (small) dictionaries merged. NULL is a value of its own
+    (as in SQL PARTITION BY).
+    """
+    typ = next((c.type for c in cols if len(c)), cols[0].type)
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    cols = [c.cast(typ) if c.type != typ else c for c in cols]
+    if pa.types.is_integer(typ):
+        lo = min((v for c in cols if (v := pc.min(c).as_py()) is not None), default=None)
+        hi = max((v for c in cols if (v := pc.max(c).as_py()) is not None), default=None)
+        if lo is None:
+            return [np.zeros(len(c), np.int64) for c in cols], 1
+        if hi - lo < 2**31:
             null = hi - lo + 1
-            vals = np.subtract(pc.fill_null(arr, lo).to_numpy(zero_copy_only=False), lo, dtype=np.int64)
-            if arr.null_count:
-                vals[arr.is_null().to_numpy(zero_copy_only=False)] = null
-            return vals, null + 1
-    if pa.types.is_dictionary(arr.type):
-        arr = arr.cast(arr.type.value_type)
-    enc = arr.dictionary_encode(null_encoding="encode")
-    return enc.indices.to_numpy(zero_copy_only=False).astype(np.int64), max(1, len(enc.dictionary))
-
-
-def _densify(code: np.ndarray, n_codes: int) -> tuple[np.ndarray, int]:
-    """Renumber the codes in use as 0..k-1 (keeps the state arrays small and cache-friendly)."""
-    if n_codes <= max(1 << 27, 4 * len(code)):
-        used = np.zeros(n_codes, bool)
-        used[code] = True
-        remap = np.cumsum(used, dtype=np.int64)
-        remap -= 1
-        return remap[code], int(remap[-1]) + 1 if n_codes else 0
-    uniq, inv = np.unique(code, return_inverse=True)
-    return inv.astype(np.int64), len(uniq)
+            out = []
+            for c in cols:
+                v = np.subtract(pc.fill_null(c, lo).to_numpy(zero_copy_only=False), lo, dtype=np.int64)
+                if c.null_count:
+                    v[c.is_null().to_numpy(zero_copy_only=False)] = null
+                out.append(v)
+            return out, null + 1
+    merged: dict[Any, int] = {}
+    out = []
+    for c in cols:
+        enc = (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c).dictionary_encode(
+            null_encoding="encode"
+        )
+        remap = np.array([merged.setdefault(v, len(merged)) for v in enc.dictionary.to_pylist()], np.int64)
+        idx = enc.indices.to_numpy(zero_copy_only=False)
+        out.append(remap[idx] if len(remap) else np.zeros(len(idx), np.int64))
+    return out, max(1, len(merged))
 
 
 def key_codes(parts: Sequence[Sequence[pa.ChunkedArray | pa.Array]]) -> tuple[list[np.ndarray], int]:
     """Dense int32 codes of a key tuple over several row sets (queries, each event source), and their count.
 
     parts[i][k] is key column k of row set i. Equal key tuples get equal codes across the row sets.
+    Multi-column keys are combined and renumbered densely (0..k-1 over the tuples in use), which keeps
+    the scan's state arrays small and cache-friendly.
     """
     n_keys = len(parts[0]) if parts else 0
-    sizes = [len(p[0]) if n_keys else 0 for p in parts]
-    code, n_codes = np.zeros(sum(sizes), np.int64), 1
-    for k in range(n_keys):
-        cols = [p[k] for p in parts]
-        typ = next((c.type for c in cols if len(c)), cols[0].type)
-        chunks = []
-        for c in cols:
-            c = c.cast(typ) if c.type != typ else c
-            chunks.extend(c.chunks if isinstance(c, pa.ChunkedArray) else [c])
-        arr = pa.concat_arrays([ch.cast(typ) for ch in chunks]) if chunks else pa.array([], typ)
-        c, n = _codes_of(arr)
-        del arr
-        if k == 0:
-            code, n_codes = c, n
-        else:
-            code *= n
-            code += c
-            n_codes *= n
-            code, n_codes = _densify(code, n_codes)
-    if n_keys > 1 or n_codes > max(1 << 20, 2 * len(code)):
-        code, n_codes = _densify(code, n_codes)
+    if n_keys == 0:
+        return [np.zeros(len(p), np.int32) for p in parts], 1
+    codes, n_codes = _column_codes([p[0] for p in parts])
+    for k in range(1, n_keys):
+        more, n = _column_codes([p[k] for p in parts])
+        for c, m in zip(codes, more, strict=True):
+            c *= n
+            c += m
+        n_codes *= n
+        del more
+        if n_codes > 2**40 or k == n_keys - 1:
+            codes, n_codes = _densify(codes, n_codes)
+    if n_codes > max(1 << 20, 2 * sum(len(c) for c in codes)):  # sparse ids: state sized by use
+        codes, n_codes = _densify(codes, n_codes)
+    return [c.astype(np.int32) for c in codes], max(1, n_codes)
+
+
+def _densify(codes: list[np.ndarray], n_codes: int) -> tuple[list[np.ndarray], int]:
+    """Renumber the codes in use as 0..k-1."""
+    if n_codes <= max(1 << 27, 4 * sum(len(c) for c in codes)):
+        used = np.zeros(n_codes, bool)
+        for c in codes:
+            used[c] = True
+        remap = np.cumsum(used, dtype=np.int64)
+        remap -= 1
+        return [remap[c] for c in codes], int(remap[-1]) + 1 if n_codes else 0
+    uniq, inv = np.unique(np.concatenate(codes), return_inverse=True)
     out, at = [], 0
-    for s in sizes:
-        out.append(code[at : at + s].astype(np.int32))
-        at += s
-    return out, max(1, n_codes)
+    for c in codes:
+        out.append(inv[at : at + len(c)].astype(np.int64))
+        at += len(c)
+    return out, len(uniq)
 
 
 # ------------------------------------------------------------------------------------------ kernels
@@ -157,9 +174,9 @@ def _time_order(ts: np.ndarray, start: int) -> np.ndarray:
 
 @nb.njit(cache=True, nogil=True)
 def _scan_kernel(
-    q_ts, q_codes, e_ts, e_perm, src_start, k_off, v_off, i_off,
+    q_ts, q_codes, e_ts, e_perm, src_start, k_off, v_off, w_off, i_off,
     sum_ops, sum_const, sum_op_start, oth_ops, oth_op_start,
-    kflat, vflat, iflat, ivalid,
+    kflat, vflat, wflat, iflat, ivalid,
     state, o_val, o_set,
     read_sum, read_oth, out_f, out_i, out_o, out_ov,
 ):  # fmt: skip
@@ -168,7 +185,8 @@ def _scan_kernel(
     e_perm holds each source's global event rows in time order (source s: src_start[s]..src_start[s+1]);
     each source has its own pointer, so events of different sources between two queries are applied
     source by source (sums are order-free up to rounding, max / min exactly). sum_ops rows: (key slot,
-    state base, stride, column, value slot or -1 for sum_const); oth_ops rows: (key slot, base, stride,
+    state base, stride, column, value slot or -1 for sum_const, one-hot slot: the column is wflat's,
+    when column is -1); oth_ops rows: (key slot, base, stride,
     column, int value slot, 1 = last: max / 2 = first: min). read_sum rows: (stream, base, stride,
     column, 1 = int32 output, output row); read_oth rows: (stream, base, stride, column, output row).
     Query codes -1: the line has no query row in that stream (output left as initialised).
@@ -186,9 +204,14 @@ def _scan_kernel(
                 i = e_perm[j]
                 r = i - src_start[s]
                 for o in range(sum_op_start[s], sum_op_start[s + 1]):
+                    c = sum_ops[o, 3]
+                    if c < 0:  # one-hot group: this event's column
+                        c = wflat[w_off[s] + sum_ops[o, 5] * n + r]
+                        if c < 0:
+                            continue
                     code = kflat[k_off[s] + sum_ops[o, 0] * n + r]
                     v = sum_const[o] if sum_ops[o, 4] < 0 else vflat[v_off[s] + sum_ops[o, 4] * n + r]
-                    state[sum_ops[o, 1] + code * sum_ops[o, 2] + sum_ops[o, 3]] += v
+                    state[sum_ops[o, 1] + code * sum_ops[o, 2] + c] += v
                 for o in range(oth_op_start[s], oth_op_start[s + 1]):
                     at = i_off[s] + oth_ops[o, 4] * n + r
                     if not ivalid[at]:
@@ -221,6 +244,17 @@ def _scan_kernel(
 
 
 # ------------------------------------------------------------------------------------------ driver
+def _float_values(col: pa.ChunkedArray) -> np.ndarray:
+    return pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+
+
+def _check_integral(col: _Column, arr: np.ndarray) -> None:
+    """Track whether a sum column's values are all whole numbers, and a bound on its sums."""
+    if col.integral and not np.array_equal(np.rint(arr), arr):
+        col.integral = False
+    col.abs_total += float(np.abs(arr).sum())
+
+
 def _sources(
     names: Sequence[str], cols: Mapping[str, Sequence], evs: Mapping[str, Sequence]
 ) -> tuple[list[_Source], dict[tuple[int, str], _Column]]:
@@ -368,37 +402,66 @@ def scan_streams(
     sum_ops, sum_const, sum_op_start = [], [], [0]
     oth_ops, oth_op_start = [], [0]
     v_off = np.zeros(n_src, np.int64)
+    w_off = np.zeros(n_src, np.int64)
     i_off = np.zeros(n_src, np.int64)
-    vparts, iparts, vparts_valid = [], [], []
-    vat = iat = 0
+    vparts, wparts, iparts, vparts_valid = [], [], [], []
+    vat = wat = iat = 0
     for j, src in enumerate(sources):
         t = fetched[j]
-        v_off[j], i_off[j] = vat, iat
-        slot_v = 0
+        n = t.num_rows
+        v_off[j], w_off[j], i_off[j] = vat, wat, iat
+        slot_v = slot_w = 0
+        by_slot: dict[int, list[tuple[_Column, str]]] = {}
         for jj, (slot, c, v) in enumerate(src.sums):
             s = src.streams[slot]
             col = columns[(s, c)]
             lit = _literal(v)
             if lit is None:
-                arr = (
-                    pc.fill_null(t.column(f"v{jj}"), 0.0)
-                    .to_numpy(zero_copy_only=False)
-                    .astype(np.float64, copy=False)
-                )
-                if col.integral and not np.array_equal(np.rint(arr), arr):
-                    col.integral = False
-                col.abs_total += float(np.abs(arr).sum())
-                vparts.append(arr)
-                vat += len(arr)
-                sum_ops.append((slot, sum_base[s], n_sum[s], col.col, slot_v))
-                sum_const.append(0.0)
-                slot_v += 1
-            else:
-                if col.integral and lit != round(lit):
-                    col.integral = False
-                col.abs_total += abs(lit) * t.num_rows
-                sum_ops.append((slot, sum_base[s], n_sum[s], col.col, -1))
-                sum_const.append(lit)
+                by_slot.setdefault(slot, []).append((col, f"v{jj}"))
+                continue
+            if col.integral and lit != round(lit):
+                col.integral = False
+            col.abs_total += abs(lit) * n
+            sum_ops.append((slot, sum_base[s], n_sum[s], col.col, -1, -1))
+            sum_const.append(lit)
+        for slot, group in by_slot.items():
+            s = src.streams[slot]
+            # several columns of which each event sets at most one (e.g. a histogram of sizes): one value
+            # and the column it goes to, instead of a mostly-zero value per column
+            one_hot = len(group) >= 3 and n_sum[s] < 2**15
+            if one_hot:
+                which, val, seen = np.full(n, -1, np.int16), np.zeros(n), []
+                for col, name in group:
+                    arr = _float_values(t.column(name))
+                    nz = np.flatnonzero(arr)
+                    if (which[nz] >= 0).any():
+                        one_hot = False
+                        break
+                    which[nz] = col.col
+                    val[nz] = arr[nz]
+                    seen.append((col, arr))
+                if one_hot:
+                    for col, arr in seen:
+                        _check_integral(col, arr)
+                    vparts.append(val)
+                    wparts.append(which)
+                    vat += n
+                    wat += n
+                    sum_ops.append((slot, sum_base[s], n_sum[s], -1, slot_v, slot_w))
+                    sum_const.append(0.0)
+                    slot_v += 1
+                    slot_w += 1
+                del which, val, seen, arr
+            if not one_hot:
+                for col, name in group:
+                    arr = _float_values(t.column(name))
+                    _check_integral(col, arr)
+                    vparts.append(arr)
+                    vat += n
+                    sum_ops.append((slot, sum_base[s], n_sum[s], col.col, slot_v, -1))
+                    sum_const.append(0.0)
+                    slot_v += 1
+            t = fetched[j] = t.drop_columns([name for _, name in group])  # frees their buffers
         for jj, (slot, c, _) in enumerate(src.others):
             s = src.streams[slot]
             col = columns[(s, c)]
@@ -419,9 +482,10 @@ def scan_streams(
     e_ts = np.concatenate([_micros(t.column("ts__")) for t in fetched]) if fetched else np.zeros(0, np.int64)
     del fetched
     vflat = np.concatenate(vparts) if vparts else np.zeros(0)
+    wflat = np.concatenate(wparts) if wparts else np.zeros(0, np.int16)
     iflat = np.concatenate(iparts) if iparts else np.zeros(0, np.int64)
     ivalid = np.concatenate(vparts_valid) if vparts_valid else np.zeros(0, np.uint8)
-    del vparts, iparts, vparts_valid
+    del vparts, wparts, iparts, vparts_valid
     lap("values")
     e_perm = np.concatenate(
         [_time_order(e_ts[src_start[j] : src_start[j + 1]], int(src_start[j])) for j in range(n_src)]
@@ -452,10 +516,10 @@ def scan_streams(
         return np.array(rows, np.int64).reshape(len(rows), width)
 
     _scan_kernel(
-        q_ts, q_codes, e_ts, e_perm, src_start, k_off, v_off, i_off,
-        arr2(sum_ops, 5), np.array(sum_const, np.float64), np.array(sum_op_start, np.int64),
+        q_ts, q_codes, e_ts, e_perm, src_start, k_off, v_off, w_off, i_off,
+        arr2(sum_ops, 6), np.array(sum_const, np.float64), np.array(sum_op_start, np.int64),
         arr2(oth_ops, 6), np.array(oth_op_start, np.int64),
-        kflat, vflat, iflat, ivalid, state, o_val, o_set,
+        kflat, vflat, wflat, iflat, ivalid, state, o_val, o_set,
         arr2(read_sum, 6), arr2(read_oth, 5), out_f, out_i, out_o, out_ov,
     )  # fmt: skip
     lap("kernel")

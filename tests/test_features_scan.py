@@ -24,6 +24,12 @@ def test_key_codes_group_equal_tuples_across_row_sets():
     assert codes.max() < n <= len(set(rows)) + 1
 
 
+def test_key_codes_of_sparse_ids_stay_dense():
+    ids = [pa.array([10**12, 5, 10**12 + 2**30]), pa.array([5, None])]
+    (a, b), n = key_codes([[ids[0]], [ids[1]]])
+    assert n <= 4 and a[1] == b[0] and len({*a.tolist(), *b.tolist()}) == 4
+
+
 def _toy_ctx(seed: int, n_lines: int = 400, n_events: int = 900) -> Context:
     """ln (target lines in qi order) and an event table `ev`, with ties, NULL keys and NULL values."""
     rng = np.random.default_rng(seed)
@@ -77,6 +83,8 @@ RUNS = [
     Running("customer_size", "sn"),
     Running("product", "pn"),
     Running("product", "pv"),
+    *(Running("customer_size", f"h{i}") for i in range(4)),  # one-hot: a histogram of w
+    *(Running("product", f"a{i}") for i in range(3)),  # three values per event, not one-hot
 ]
 EVENTS = [
     Events(
@@ -86,6 +94,19 @@ EVENTS = [
     Events("customer_category", "FROM ev", "ts", {"cn": "1.0"}),
     Events("customer_size", "FROM ev WHERE w <> 0", "ts", {"sn": "w"}),
     Events("product", "FROM ev", "ts", {"pn": "1.0", "pv": "val * 2"}),
+    Events(
+        "customer_size",
+        "FROM ev",
+        "ts",
+        {f"h{i}": f"CASE WHEN w = {i} THEN 1.0 ELSE 0.0 END" for i in range(4)},
+    ),
+    Events(
+        "customer_size",
+        "FROM ev WHERE w < 0",
+        "ts",
+        {f"h{i}": f"CASE WHEN w = {i - 2} THEN -1.0 ELSE 0.0 END" for i in range(4)},
+    ),
+    Events("product", "FROM ev WHERE val IS NOT NULL", "stamp", {"a0": "w", "a1": "w * 2", "a2": "val"}),
 ]
 
 
@@ -95,14 +116,18 @@ def test_scan_equals_window_sql_on_random_streams(seed):
     for method in ("scan", "sql"):
         ctx = _toy_ctx(seed)
         build_streams(ctx, RUNS, EVENTS, method=method)
-        frames[method] = ctx.con.sql("SELECT * FROM sx0 ORDER BY qi").to_arrow_table().to_pandas()
+        table = ctx.con.sql("SELECT * FROM sx0 ORDER BY qi").to_arrow_table()
+        frames[method] = table.to_pandas()
+        frames[f"{method}_types"] = {f.name: str(f.type) for f in table.schema}
         ctx.con.close()
     scan, sql = frames["scan"], frames["sql"]
     assert scan["n"].notna().all() and (scan["n"] > 0).any() and scan["last_stamp"].notna().any()
     assert scan["sn"].isna().any() and scan["sn"].notna().any()  # lines without a customer_size query row
-    for c in ("n", "w", "cn", "sn", "pn", "last_stamp", "first_stamp"):
+    for c in ("n", "w", "cn", "sn", "pn", "last_stamp", "first_stamp", "h0", "h1", "h2", "h3", "a0", "a1"):
         pd.testing.assert_series_equal(scan[c], sql[c], check_dtype=False, check_exact=True, obj=c)
-    for c in ("v", "pv"):
+    for c in ("v", "pv", "a2"):
         pd.testing.assert_series_equal(scan[c], sql[c], check_dtype=False, rtol=1e-12, atol=1e-12, obj=c)
+    assert (scan["h1"] > 0).any() and (scan["h0"] < 0).any()
     # counts are exact integers in the scan's table
-    assert str(scan["n"].dtype) in ("int32", "Int32")
+    types = frames["scan_types"]
+    assert types["n"] == types["h2"] == types["sn"] == "int32" and types["a2"] == "double"
