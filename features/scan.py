@@ -243,6 +243,19 @@ def _scan_kernel(
                 out_ov[read_oth[o, 4], q] = 1
 
 
+def warm_up() -> None:
+    """Load (or compile) the kernel from numba's cache: the session starts this in a thread during staging."""
+    i64, z = np.zeros(1, np.int64), np.zeros(0, np.int64)
+    _scan_kernel(
+        i64, np.zeros((0, 1), np.int32), z, z, i64, z, z, z, z,
+        np.zeros((0, 6), np.int64), np.zeros(0), i64, np.zeros((0, 6), np.int64), i64,
+        np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.int16), z, np.zeros(0, np.uint8),
+        np.zeros(0), z, np.zeros(0, np.uint8),
+        np.zeros((0, 6), np.int64), np.zeros((0, 5), np.int64),
+        np.zeros((0, 1)), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.int64), np.zeros((0, 1), np.uint8),
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ driver
 def _float_values(col: pa.ChunkedArray) -> np.ndarray:
     return pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
