@@ -13,16 +13,19 @@ Product size tendency combines returns with reason too_small/too_large and revie
 runs small/large (features.sentiment fit rule), recorded before the order:
 (small - large) / (small + large + size_tendency_prior_weight), in (-1, 1), positive = runs small.
 
-The customer's true size (what would fit) is inferred, not read off the last kept item: a posterior over
-the size ranks of the line's size type, from every earlier sign in that type (a log-likelihood per
-candidate rank, summed in the `customer_size` stream): each earlier *ordered* size (known at once, kept or
-not), each *kept* size (from the end of its return window), and each return recorded as too small / too
-large (the true size is above / below it). The prior comes from the other size type: alpha and EU shoe
-sizes are correlated in people, so a customer who only kept shoes still gets an informed prior for tops.
-Sizes are compared across types on a standard score with fixed population moments (`SIZE_MOMENTS`,
-measured on the generated history's first 12 months of ordered sizes, seeds 42 and 7 agree to 0.05 rank).
-The features are the posterior probabilities that the ordered size is the true one, one too small or one
-too large, the ordered size minus the posterior mean, and the posterior spread (personal fit uncertainty).
+The customer's true size (what would fit) is inferred, not read off the last kept item: a normal posterior
+over the rank T in the line's size type from every earlier sign in that type, each an implied T with a
+weight (a precision, summed in the `customer_size` stream as three running sums): each earlier *ordered*
+size (known at once, kept or not), each *kept* size (from the end of its return window), and each return
+recorded as too small / too large (T one above / below the ordered size). The prior comes from the other
+size type: alpha and EU shoe sizes are correlated in people, so a customer who only bought shoes still
+gets an informed prior for tops. Sizes are compared across types on a standard score with fixed population
+moments (`SIZE_MOMENTS`, measured on the generated history's first 12 months of ordered sizes; seeds 42 and
+7 agree to 0.05 rank). Features: the probabilities that the ordered size is the true one, smaller or larger
+than it (the normal's mass within half a rank, below, above), ordered minus posterior mean, posterior sd,
+and the spread of the customer's own size evidence (personal fit uncertainty).
+A 15-rank log-likelihood grid with Laplace costs was measured too: same test AUC (within 0.0003 on seeds
+42 and 7) at 5x the stream columns and twice the featurize time, so the normal form is the one kept.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from __future__ import annotations
 from features.engine import N_SIZE_RANKS, Context
 from features.spec import FeatureSpec
 from features.streams import Events, Running
-from pipeline.contract import SIZE_SCALES
 
 FAMILY = "size"
 RANKS = range(N_SIZE_RANKS)
@@ -39,11 +41,9 @@ RANKS = range(N_SIZE_RANKS)
 SIZE_MOMENTS = {"alpha": (3.15, 1.40), "eu_shoe": (5.60, 2.65)}
 #: Correlation of a person's standardised sizes across size types (customers' mean ordered ranks: 0.72-0.73).
 CROSS_TYPE_RHO = 0.7
-#: Log-likelihood weights of the evidence about the true size rank T (per earlier line of the same type):
-#: an ordered size s costs ORDER_WEIGHT x |s - T| (people mostly order their size), a kept size another
-#: KEPT_WEIGHT x |s - T|, a "too small" return RETURN_WEIGHT for every T <= s ("too large": T >= s).
+#: Weights (precisions, 1/rank^2) of the evidence about the true rank T per earlier line of the same type:
+#: an ordered size implies T = s, a kept size T = s again, a "too small" return T = s + 1 ("too large": s - 1).
 ORDER_WEIGHT, KEPT_WEIGHT, RETURN_WEIGHT = 2.0, 1.0, 2.0
-_N_RANKS = {st: len(SIZE_SCALES[st]) for st in SIZE_MOMENTS}
 _TYPE_KEY = {"alpha": "a", "eu_shoe": "s"}
 
 
@@ -54,8 +54,12 @@ def _num(value: float) -> str:
 
 def _kept(sign: str) -> dict[str, str]:
     counts = {f"k{i}": f"CASE WHEN size_rank = {i} THEN {sign}1.0 ELSE 0.0 END" for i in RANKS}
-    other = "-" if sign == "+" else "+"
-    return counts | {f"fl{t}": f"{other}{_num(KEPT_WEIGHT)} * abs(size_rank - {t})" for t in RANKS}
+    return counts | _evidence(f"{sign}{_num(KEPT_WEIGHT)}", "size_rank")
+
+
+def _evidence(weight: str, implied: str) -> dict[str, str]:
+    """Running sums of weight, weight x implied rank and weight x implied rank^2."""
+    return {"sw": weight, "swx": f"({weight}) * ({implied})", "swx2": f"({weight}) * pow({implied}, 2)"}
 
 
 def _z(size_type: str) -> str:
@@ -65,7 +69,7 @@ def _z(size_type: str) -> str:
 
 RUNNINGS = (
     [Running("customer_size", f"k{i}") for i in RANKS]
-    + [Running("customer_size", f"fl{t}") for t in RANKS]
+    + [Running("customer_size", c) for c in ("sw", "swx", "swx2")]
     + [Running("customer_size", "n_ordered")]
     + [Running("customer", f"{c}_{_TYPE_KEY[st]}") for st in SIZE_MOMENTS for c in ("zn", "zsum")]
     + [Running("product", "p_small"), Running("product", "p_large")]
@@ -77,7 +81,7 @@ EVENTS = [
         "customer_size",
         "FROM ln WHERE size_rank IS NOT NULL",
         "order_ts",
-        {"n_ordered": "1.0"} | {f"fl{t}": f"-{_num(ORDER_WEIGHT)} * abs(size_rank - {t})" for t in RANKS},
+        {"n_ordered": "1.0"} | _evidence(_num(ORDER_WEIGHT), "size_rank"),
     ),
     # a size return says on which side of the ordered size the true size lies
     Events(
@@ -86,11 +90,7 @@ EVENTS = [
         "JOIN ln l ON l.line_id = r.line_id "
         "WHERE r.is_first AND r.reason IN ('too_small', 'too_large') AND l.size_rank IS NOT NULL) sr",
         "return_ts",
-        {
-            f"fl{t}": f"CASE WHEN reason = 'too_small' AND {t} <= size_rank THEN -{_num(RETURN_WEIGHT)} "
-            f"WHEN reason = 'too_large' AND {t} >= size_rank THEN -{_num(RETURN_WEIGHT)} ELSE 0.0 END"
-            for t in RANKS
-        },
+        _evidence(_num(RETURN_WEIGHT), "size_rank + CASE WHEN reason = 'too_small' THEN 1 ELSE -1 END"),
     ),
     # the same ordered sizes as standard scores per size type, for the other type's prior
     Events(
@@ -145,42 +145,24 @@ def _order_stat(k: str) -> str:
     return f"CASE {whens} END"
 
 
-def _log_post(x: str, t: int, s: str = "") -> str:
-    """Unnormalised log posterior of true rank `t` under size type key `x`: likelihood + the prior's log density."""
-    return f"({s}fl{t} - 0.5 * pow(({t} - {s}pm_{x}) / {s}psd_{x}, 2))"
-
-
 def _posterior_sql() -> str:
-    """Per size type key x: prior (pm_x, psd_x) from the other type, then max, normaliser, mean and sd."""
-    prior, post = [], []
+    """Per size type key x: prior (pm_x, psd_x) from the other type's standard scores, then the normal
+    posterior's mean m_x and sd sd_x; `spread` is the sd of the customer's own evidence in the line's type."""
+    cols = []
     for st, x in _TYPE_KEY.items():
         mean, sd = SIZE_MOMENTS[st]
         o = next(v for k, v in _TYPE_KEY.items() if k != st)
-        rho2 = CROSS_TYPE_RHO**2
-        prior.append(
-            f"{_num(mean)} + {_num(sd * CROSS_TYPE_RHO)} * coalesce(zsum_{o}, 0) / (coalesce(zn_{o}, 0) + 1) AS pm_{x}, "
-            f"{_num(sd)} * sqrt(1 - {_num(rho2)} * coalesce(zn_{o}, 0) / (coalesce(zn_{o}, 0) + 1)) AS psd_{x}"
-        )
-        ts = range(_N_RANKS[st])
-        w = [f"exp({_log_post(x, t)} - mx_{x})" for t in ts]
-        post.append(
-            f"{' + '.join(w)} AS z_{x}, "
-            f"({' + '.join(f'{t} * {e}' for t, e in zip(ts, w, strict=True))}) / ({' + '.join(w)}) AS e_{x}, "
-            f"({' + '.join(f'{t * t} * {e}' for t, e in zip(ts, w, strict=True))}) / ({' + '.join(w)}) AS e2_{x}"
-        )
-    maxes = ", ".join(
-        f"greatest({', '.join(_log_post(x, t) for t in range(_N_RANKS[st]))}) AS mx_{x}"
-        for st, x in _TYPE_KEY.items()
-    )
-    return f"""
-        SELECT *, {", ".join(post)}
-        FROM (SELECT *, {maxes} FROM (SELECT *, {", ".join(prior)} FROM sx1) a) b
-    """
+        n_o, z_o = f"coalesce(zn_{o}, 0)", f"coalesce(zsum_{o}, 0)"
+        pm = f"({_num(mean)} + {_num(sd * CROSS_TYPE_RHO)} * {z_o} / ({n_o} + 1))"
+        prec = f"(1.0 / ({_num(sd * sd)} * (1 - {_num(CROSS_TYPE_RHO**2)} * {n_o} / ({n_o} + 1))))"
+        cols.append(f"(swx + {prec} * {pm}) / (sw + {prec}) AS m_{x}, 1.0 / sqrt(sw + {prec}) AS sd_{x}")
+    spread = "CASE WHEN sw > 0 THEN sqrt(greatest(swx2 / sw - pow(swx / sw, 2), 0)) END AS spread"
+    return f"SELECT *, {', '.join(cols)}, {spread} FROM sx1"
 
 
 def finish(ctx: Context) -> None:
     """The stream outputs `sx` = sx0 + per line: kept count, distinct sizes kept, median and mode rank, and
-    the true-size posterior's pieces per size type (prior mean/sd, max log density, normaliser, moments)."""
+    the true-size posterior's mean and sd per size type and the spread of the customer's size evidence."""
     n = " + ".join(f"k{i}" for i in RANKS)
     mx = "greatest(" + ", ".join(f"k{i}" for i in RANKS) + ")"
     mode = "CASE " + " ".join(f"WHEN k{i} = {mx} THEN {i}" for i in RANKS) + " END"
@@ -197,15 +179,16 @@ def finish(ctx: Context) -> None:
     ctx.sql(f"CREATE OR REPLACE TEMP VIEW sx AS {_posterior_sql()}")
 
 
-def _prob_at(offset: int) -> str:
-    """Posterior probability that the true rank is the ordered rank + offset (0 outside the scale)."""
-    per_type = []
-    for st, x in _TYPE_KEY.items():
-        whens = " ".join(
-            f"WHEN {t} THEN exp({_log_post(x, t, 's.')} - s.mx_{x}) / s.z_{x}" for t in range(_N_RANKS[st])
-        )
-        per_type.append(f"WHEN '{st}' THEN CASE l.size_rank + {offset} {whens} ELSE 0.0 END")
-    return f"CASE l.size_type {' '.join(per_type)} END"
+def _phi(x: str) -> str:
+    """Standard normal CDF (tanh approximation, absolute error < 3e-4: DuckDB has no erf)."""
+    return f"(0.5 * (1 + tanh(0.7978845608 * (({x}) + 0.044715 * pow({x}, 3)))))"
+
+
+def _prob_between(lo: str, hi: str) -> str:
+    """Posterior probability that the true rank lies in (ordered rank + lo, ordered rank + hi)."""
+    return _per_type(
+        f"{_phi(f'(l.size_rank + {hi} - s.m_{{x}}) / s.sd_{{x}}')} - {_phi(f'(l.size_rank + {lo} - s.m_{{x}}) / s.sd_{{x}}')}"
+    )
 
 
 def _per_type(template: str) -> str:
@@ -273,25 +256,25 @@ FEATURES = [
         "Probability that the ordered size is the customer's true size, inferred from every earlier order, "
         "kept item and size return (and the other size type).",
         True,
-        _ON_SIZED.format(_prob_at(0)),
+        _ON_SIZED.format(_prob_between("-0.5", "0.5")),
         requires=_SIZED,
     ),
     FeatureSpec(
         "size_prob_too_small",
         FAMILY,
         "numeric",
-        "Probability that the customer's true size is one larger than the ordered size (the item is too small).",
+        "Probability that the customer's true size is larger than the ordered size (the item is too small).",
         True,
-        _ON_SIZED.format(_prob_at(1)),
+        _ON_SIZED.format(_per_type(f"1 - {_phi('(l.size_rank + 0.5 - s.m_{x}) / s.sd_{x}')}")),
         requires=_SIZED,
     ),
     FeatureSpec(
         "size_prob_too_large",
         FAMILY,
         "numeric",
-        "Probability that the customer's true size is one smaller than the ordered size (the item is too large).",
+        "Probability that the customer's true size is smaller than the ordered size (the item is too large).",
         True,
-        _ON_SIZED.format(_prob_at(-1)),
+        _ON_SIZED.format(_per_type(_phi("(l.size_rank - 0.5 - s.m_{x}) / s.sd_{x}"))),
         requires=_SIZED,
     ),
     FeatureSpec(
@@ -300,16 +283,26 @@ FEATURES = [
         "numeric",
         "Ordered size rank minus the customer's inferred true size rank (posterior mean).",
         True,
-        _ON_SIZED.format("l.size_rank - " + _per_type("s.e_{x}")),
+        _ON_SIZED.format("l.size_rank - " + _per_type("s.m_{x}")),
         requires=_SIZED,
     ),
     FeatureSpec(
         "size_uncertainty",
         FAMILY,
         "numeric",
-        "How uncertain the customer's true size is (posterior standard deviation in ranks).",
+        "How uncertain the customer's inferred true size is (posterior standard deviation in ranks).",
         True,
-        _ON_SIZED.format("sqrt(greatest(" + _per_type("s.e2_{x} - s.e_{x} * s.e_{x}") + ", 0))"),
+        _ON_SIZED.format(_per_type("s.sd_{x}")),
+        requires=_SIZED,
+    ),
+    FeatureSpec(
+        "size_spread",
+        FAMILY,
+        "numeric",
+        "Spread (sd in ranks) of the sizes this customer ordered, kept and returned in this size type: personal "
+        "fit uncertainty.",
+        True,
+        _ON_SIZED.format("s.spread"),
         requires=_SIZED,
     ),
     FeatureSpec(

@@ -602,6 +602,7 @@ _INFERRED_SIZE = (
     "size_prob_too_large",
     "size_vs_inferred",
     "size_uncertainty",
+    "size_spread",
     "n_items_ordered_sized",
 )
 

@@ -121,59 +121,67 @@ def test_product_size_tendency_from_earlier_reasons_and_reviews():
     assert f.loc[q, "product_size_tendency"] == pytest.approx((2 - 0) / (2 + 0 + 5))
 
 
+# Inferred true size (normal posterior, features/size.py). Prior without shoe history: N(3.15, 1.40^2), i.e.
+# precision 1 / 1.96 = 0.510204; evidence: ordered size weight 2, kept weight 1, size return weight 2 at the
+# ordered rank +-1. Posterior precision = weights + 0.510204, mean = (sum w x + 0.510204 x 3.15) / precision.
+# Probabilities use the normal CDF (the SQL's tanh approximation is within 3e-4: tolerance 1e-3).
+
+
 def test_inferred_size_from_an_ordered_and_kept_m():
-    # M (rank 3) ordered on 01-01 and kept (window over 01-31): log-likelihood of true rank T is
-    # -2|3-T| (ordered) - 1|3-T| (kept) = -3|3-T|; prior without shoes N(3.15, 1.40^2); T in 0..7.
-    # exp(-3|3-T| - ((T-3.15)/1.4)^2 / 2) normalised: P(T=3) 0.92660, P(T=4) 0.03859, P(T=5) 0.00096;
-    # posterior mean 3.00600, sd 0.28032.
+    # M (rank 3) ordered on 01-01 (w 2) and kept (w 1, window over 01-31): sum w 3, sum w x 9.
+    # mean (9 + 1.607143) / 3.510204 = 3.021802, sd 1 / sqrt(3.510204) = 0.533745.
+    # L (rank 4): P(3.5 < T < 4.5) = Phi(2.7697) - Phi(0.8958) = 0.18234; P(T > 4.5) 0.00281; P(T < 3.5) 0.81485.
     t = base()
     t.order(1, 1, "2024-01-01", [{"product_id": 10, "size": "M"}])
     (q,) = t.order(2, 1, "2024-03-01", [{"product_id": 11, "size": "L"}])
     f = feats(t).loc[q]
-    assert f["size_fit_prob"] == pytest.approx(0.0385884, abs=1e-6)
-    assert f["size_prob_too_small"] == pytest.approx(0.0009648, abs=1e-6)  # true size XL
-    assert f["size_prob_too_large"] == pytest.approx(0.9266008, abs=1e-6)  # true size M
-    assert f["size_vs_inferred"] == pytest.approx(0.9939981, abs=1e-6)
-    assert f["size_uncertainty"] == pytest.approx(0.2803208, abs=1e-6)
+    assert f["size_fit_prob"] == pytest.approx(0.18234, abs=1e-3)
+    assert f["size_prob_too_small"] == pytest.approx(0.00281, abs=1e-3)
+    assert f["size_prob_too_large"] == pytest.approx(0.81485, abs=1e-3)
+    assert f["size_vs_inferred"] == pytest.approx(4 - 3.021802, abs=1e-6)
+    assert f["size_uncertainty"] == pytest.approx(0.533745, abs=1e-6)
+    assert f["size_spread"] == pytest.approx(0.0, abs=1e-9)  # every sign says M
     assert f["n_items_ordered_sized"] == 1.0
 
 
 def test_a_too_small_return_moves_the_inferred_size_up_from_when_it_is_recorded():
-    # S (rank 2) ordered 01-01: -2|2-T|; returned too small on 01-05: a further -2 for every T <= 2.
     t = base()
     (a,) = t.order(1, 1, "2024-01-01", [{"product_id": 10, "size": "S"}])
     t.ret(a, "2024-01-05", "too_small")
     (before,) = t.order(2, 1, "2024-01-04", [{"product_id": 11, "size": "S"}])
     (after,) = t.order(3, 1, "2024-01-10", [{"product_id": 11, "size": "S"}])
     f = feats(t)
-    # before the return: exp(-2|2-T| - ((T-3.15)/1.4)^2/2) -> P(T=2) 0.78630, P(T=3) 0.14826
-    assert f.loc[before, "size_fit_prob"] == pytest.approx(0.7863049, abs=1e-6)
-    assert f.loc[before, "size_prob_too_small"] == pytest.approx(0.1482614, abs=1e-6)
-    # after: two S ordered (the 01-04 line too): -4|2-T|, and the return: -2 for T <= 2
-    # -> P(T=2) 0.83375, P(T=3) 0.15721, P(T=1) 0.00658, mean 2.15545 (without the return P(T=3) would be 0.0247)
-    assert f.loc[after, "size_fit_prob"] == pytest.approx(0.8337502, abs=1e-6)
-    assert f.loc[after, "size_prob_too_small"] == pytest.approx(0.1572075, abs=1e-6)
-    assert f.loc[after, "size_prob_too_large"] == pytest.approx(0.0065804, abs=1e-6)
-    assert f.loc[after, "size_vs_inferred"] == pytest.approx(-0.1554486, abs=1e-6)
+    # before the return: one S (rank 2, w 2): mean (4 + 1.607143) / 2.510204 = 2.233740, sd 0.631169
+    # -> P(T = S) 0.54092, P(T > S) 0.33657
+    assert f.loc[before, "size_fit_prob"] == pytest.approx(0.54092, abs=1e-3)
+    assert f.loc[before, "size_prob_too_small"] == pytest.approx(0.33657, abs=1e-3)
+    # after: two S ordered (the 01-04 line too: w 2 each) and the return (rank 3, w 2): sum w 6, sum w x 14,
+    # sum w x^2 34 -> mean (14 + 1.607143) / 6.510204 = 2.397335, sd 0.391925; P(T = S) 0.59230,
+    # P(T > S) 0.39668; spread sqrt(34/6 - (14/6)^2) = 0.471405
+    assert f.loc[after, "size_fit_prob"] == pytest.approx(0.59230, abs=1e-3)
+    assert f.loc[after, "size_prob_too_small"] == pytest.approx(0.39668, abs=1e-3)
+    assert f.loc[after, "size_vs_inferred"] == pytest.approx(2 - 2.397335, abs=1e-6)
+    assert f.loc[after, "size_spread"] == pytest.approx(0.471405, abs=1e-6)
     assert f.loc[after, "n_items_ordered_sized"] == 2.0
 
 
 def test_shoe_sizes_give_the_prior_for_a_first_alpha_size():
-    # two pairs of EU 42 (rank 8): standard scores (8 - 5.60) / 2.65 each, sum 1.81132. Alpha prior mean
-    # 3.15 + 1.40 x 0.7 x 1.81132 / (2 + 1) = 3.74170, sd 1.40 x sqrt(1 - 0.49 x 2/3) = 1.14880. No alpha
-    # evidence: P(T) = the discretised prior over 0..7; L (rank 4): P(T=4) 0.33875, P(T=5) 0.19070,
-    # P(T=3) 0.28206, mean 3.74045.
+    # two pairs of EU 42 (rank 8): standard scores (8 - 5.60) / 2.65 each, sum 1.811321. Alpha prior mean
+    # 3.15 + 1.40 x 0.7 x 1.811321 / (2 + 1) = 3.741698, variance 1.96 x (1 - 0.49 x 2/3) = 1.319733 (sd
+    # 1.148796). No alpha evidence: the posterior is the prior; L (rank 4): P(3.5 < T < 4.5) 0.32872,
+    # P(T > 4.5) 0.25460, P(T < 3.5) 0.41668.
     t = base()
     t.order(1, 1, "2024-01-01", [{"product_id": 20, "size": "42"}])
     t.order(2, 1, "2024-02-01", [{"product_id": 20, "size": "42"}])
     (q,) = t.order(3, 1, "2024-03-01", [{"product_id": 10, "size": "L"}])
     f = feats(t).loc[q]
     assert f["n_items_ordered_sized"] == 0.0 and f["n_items_kept_sized"] == 0.0
-    assert f["size_fit_prob"] == pytest.approx(0.3387510, abs=1e-6)
-    assert f["size_prob_too_small"] == pytest.approx(0.1906956, abs=1e-6)
-    assert f["size_prob_too_large"] == pytest.approx(0.2820611, abs=1e-6)
-    assert f["size_vs_inferred"] == pytest.approx(0.2595539, abs=1e-6)
-    assert f["size_uncertainty"] == pytest.approx(1.1453785, abs=1e-6)
+    assert np.isnan(f["size_spread"])  # no evidence of its own in this size type
+    assert f["size_fit_prob"] == pytest.approx(0.32872, abs=1e-3)
+    assert f["size_prob_too_small"] == pytest.approx(0.25460, abs=1e-3)
+    assert f["size_prob_too_large"] == pytest.approx(0.41668, abs=1e-3)
+    assert f["size_vs_inferred"] == pytest.approx(4 - 3.741698, abs=1e-6)
+    assert f["size_uncertainty"] == pytest.approx(1.148796, abs=1e-6)
 
 
 # --- past returns -------------------------------------------------------------------------------------

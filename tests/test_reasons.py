@@ -219,3 +219,37 @@ def test_grouped_reason_contributions_sum_to_ungrouped(size_driven_model):
         has = out[f"reason_{j}_code"].notna().to_numpy()
         cols = [codes.index(c) for c in out.loc[has, f"reason_{j}_code"]]
         np.testing.assert_allclose(out.loc[has, f"reason_{j}_contrib"], grouped[has, cols], atol=1e-12)
+
+
+def test_inferred_size_and_return_mix_sentences_when_they_drove_the_score():
+    names = ["size_fit_prob", "size_prob_too_small", "size_prob_too_large", "n_items_ordered_sized"]
+    size = R.Lines(
+        pd.DataFrame(
+            {
+                "size": ["M", "40"],
+                "size_type": ["alpha", "eu_shoe"],
+                "size_fit_prob": [0.3, 0.4],
+                "size_prob_too_small": [0.62, 0.3],
+                "size_prob_too_large": [0.08, 0.3],
+                "n_items_ordered_sized": [5.0, 1.0],
+            }
+        ),
+        np.array([0, 1]),
+        contrib=np.array([[0.4, 0.2, 0.0, 0.0], [0.3, 0.0, 0.0, 0.0]]),
+        features=names,
+    )
+    assert R.render("size", size).tolist() == [
+        "Size M is probably too small for this customer (62% likely) (from 5 earlier orders and returns)",
+        "This customer's size is uncertain: 40% likely that size 40 fits (from 1 earlier order and returns)",
+    ]
+    mix = R.Lines(
+        pd.DataFrame(
+            {"cust_resolved_lines": [25.0], "cust_returns": [6.0], "cust_claim_return_rate": [0.12]}
+        ),
+        np.array([0]),
+        contrib=np.array([[0.0, 0.1, 0.5]]),
+        features=["cust_resolved_lines", "cust_returns", "cust_claim_return_rate"],
+    )
+    assert R.render("customer_returns", mix).tolist() == [
+        "This customer returned 12% of their 25 earlier items as damaged or not as described"
+    ]
