@@ -43,7 +43,14 @@ def test_tables_equal_lightgbm_pred_contrib(params):
     Xt, _ = _data(1500, seed=3)  # other rows: NaNs, zeros, unseen category 20 and negative codes
     Xt[:20, 4] = 20
     Xt[20:30, 4] = -1
+    Xt[30:40, 4] = 2.7  # LightGBM truncates codes: 2
+    Xt[40:50, 4] = -0.5  # truncates to 0
+    Xt[50:60, 4] = 3e9  # beyond int range: right
+    Xt[60:80, 1] = 1e-40  # |x| <= 1e-35: LightGBM drops it from the row (0)
+    Xt[80:100, 3] = np.inf
+    Xt[100:120, 3] = -np.inf
     fast = T.contributions(tables, Xt)
+    np.testing.assert_array_equal(fast, T.contributions(tables, np.asfortranarray(Xt)))
     ref = booster.predict(Xt, pred_contrib=True)
     np.testing.assert_allclose(fast, ref, atol=1e-9, rtol=0)
     np.testing.assert_allclose(fast.sum(axis=1), booster.predict(Xt, raw_score=True), atol=1e-9)
