@@ -532,27 +532,39 @@ class Abuse:
         return tier.astype(object), kind.astype(object)
 
 
+def _gather_text(keys: pd.Series, values: pd.Series, want: pd.Series | np.ndarray) -> pd.Categorical:
+    """values[key == want] per row of `want`, as a categorical (missing where the key is unknown or the value
+    is missing): a hash look-up of the keys and a gather of codes, no per-row string copies."""
+    uniq_keys = ~pd.Index(keys).duplicated(keep="last")
+    index = pd.Index(np.asarray(keys)[uniq_keys])
+    small = pd.Series(np.asarray(values, dtype=object)[uniq_keys]).astype("string")
+    codes_small, cats = pd.factorize(small)
+    pos = index.get_indexer(np.asarray(want))
+    codes = np.where(pos >= 0, codes_small[np.maximum(pos, 0)] if len(codes_small) else -1, -1)
+    return pd.Categorical.from_codes(codes, categories=pd.Index(cats, dtype="string"))
+
+
 def _context(
     feats: pd.DataFrame, lines: pd.DataFrame, tables: Mapping[str, pd.DataFrame | None]
 ) -> pd.DataFrame:
-    """Sentence context for reasons (size label, size type, countries): never model features."""
+    """Sentence context for reasons (size label, size type, countries): never model features.
+
+    Categorical columns (the templates read them as text): a few distinct values gathered by key."""
     out = feats.copy(deep=False)  # new columns only: the features themselves are not copied
     if "size" in lines:
-        out["size"] = lines["size"].astype("string").to_numpy()
+        out["size"] = pd.Categorical(lines["size"].to_numpy())
     products = tables.get("products")
     if products is not None and "size_type" in products:
-        m = products.drop_duplicates("product_id", keep="last").set_index("product_id")["size_type"]
-        out["size_type"] = m.reindex(out["product_id"]).astype("string").to_numpy()
+        out["size_type"] = _gather_text(products["product_id"], products["size_type"], out["product_id"])
     orders = tables.get("orders")
     if orders is not None and "ship_country" in orders:
-        o = orders.set_index("order_id")
-        out["ship_country"] = o["ship_country"].reindex(out["order_id"]).astype("string").to_numpy()
+        out["ship_country"] = _gather_text(orders["order_id"], orders["ship_country"], out["order_id"])
         wh = tables.get("warehouses")
-        if wh is not None and "warehouse_id" in o and "country" in wh:
-            w = wh.set_index("warehouse_id")["country"]
-            out["warehouse_country"] = (
-                w.reindex(o["warehouse_id"].reindex(out["order_id"])).astype("string").to_numpy()
-            )
+        if wh is not None and "warehouse_id" in orders and "country" in wh:
+            pos = pd.Index(orders["order_id"]).get_indexer(out["order_id"])
+            line_wh = orders["warehouse_id"].to_numpy(dtype=object)[np.maximum(pos, 0)]
+            line_wh[pos < 0] = None
+            out["warehouse_country"] = _gather_text(wh["warehouse_id"], wh["country"], line_wh)
     return out
 
 

@@ -91,6 +91,17 @@ def test_top_k_only_positive_largest_first():
     assert idx5.shape == (3, 5) and (idx5[:, 4] == -1).all()
 
 
+def test_top_k_equals_a_stable_descending_sort_with_many_ties():
+    rng = np.random.default_rng(0)
+    grouped = np.round(rng.normal(size=(3000, 7)), 1)  # values repeat: ties everywhere
+    for k in (1, 3, 7):
+        order = np.argsort(-grouped, axis=1, kind="stable")[:, :k]
+        vals = np.take_along_axis(grouped, order, axis=1)
+        idx, got = E.top_k(grouped, k)
+        assert np.array_equal(idx, np.where(vals > 0, order, -1))
+        np.testing.assert_array_equal(got, np.where(vals > 0, vals, np.nan))
+
+
 def test_probability_points_allocate_the_probability_change():
     from models.calibration import Calibrator
 
