@@ -396,6 +396,9 @@ def scan_streams(
             at += len(c)
     kflat = np.concatenate(kflat_parts) if kflat_parts else np.zeros(0, np.int32)
     del kflat_parts, kparts
+    for j, t in enumerate(fetched):  # the keys are codes now: free their buffers
+        fetched[j] = t.drop_columns([c for c in t.column_names if c.startswith("k")])
+    del t
 
     lap("codes")
     # ---- state layout: per stream, sum columns then last/first columns, row-major per key
@@ -452,10 +455,11 @@ def scan_streams(
                         break
                     which[nz] = col.col
                     val[nz] = arr[nz]
-                    seen.append((col, arr))
+                    seen.append((col, bool(np.array_equal(np.rint(arr), arr)), float(np.abs(arr).sum())))
                 if one_hot:
-                    for col, arr in seen:
-                        _check_integral(col, arr)
+                    for col, whole, total in seen:
+                        col.integral = col.integral and whole
+                        col.abs_total += total
                     vparts.append(val)
                     wparts.append(which)
                     vat += n

@@ -131,3 +131,18 @@ def test_scan_equals_window_sql_on_random_streams(seed):
     # counts are exact integers in the scan's table
     types = frames["scan_types"]
     assert types["n"] == types["h2"] == types["sn"] == "int32" and types["a2"] == "double"
+
+
+def test_streams_sharing_a_source_share_a_pass():
+    from features.streams import _sharing_groups
+
+    evs = {
+        "customer": [
+            Events("customer", "FROM ln", "resolved_ts"),
+            Events("customer", "FROM ret", "return_ts"),
+        ],
+        "customer_size": [Events("customer_size", "FROM ln WHERE size_rank IS NOT NULL", "window_end")],
+        "product": [Events("product", "FROM ln", "resolved_ts")],
+        "customer_category": [Events("customer_category", "FROM ln", "first_return_ts")],
+    }
+    assert _sharing_groups(evs) == [["customer", "product"], ["customer_size"], ["customer_category"]]
