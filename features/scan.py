@@ -182,7 +182,8 @@ def _scan_kernel(
 ):  # fmt: skip
     """Before each query (in time order), apply every event dated strictly earlier; then read its state.
 
-    e_perm holds each source's global event rows in time order (source s: src_start[s]..src_start[s+1]);
+    e_perm holds each source's global event rows in time order (source s: src_start[s]..src_start[s+1]),
+    e_ts their times in that order;
     each source has its own pointer, so events of different sources between two queries are applied
     source by source (sums are order-free up to rounding, max / min exactly). sum_ops rows: (key slot,
     state base, stride, column, value slot or -1 for sum_const, one-hot slot: the column is wflat's,
@@ -196,11 +197,11 @@ def _scan_kernel(
     ptr = src_start[:-1].copy()
     for q in range(nq):
         t = q_ts[q]
-        for s in range(n_src):
+        for s in range(n_src if q == 0 or t != q_ts[q - 1] else 0):  # same instant: no new events
             j = ptr[s]
             end = src_start[s + 1]
             n = end - src_start[s]
-            while j < end and e_ts[e_perm[j]] < t:
+            while j < end and e_ts[j] < t:
                 i = e_perm[j]
                 r = i - src_start[s]
                 for o in range(sum_op_start[s], sum_op_start[s + 1]):
@@ -508,6 +509,7 @@ def scan_streams(
         [_time_order(e_ts[src_start[j] : src_start[j + 1]], int(src_start[j])) for j in range(n_src)]
         or [np.zeros(0, np.int64)]
     )
+    e_ts = e_ts[e_perm]  # the kernel compares times in order: sequential reads
     lap("sort")
 
     # ---- outputs
