@@ -106,7 +106,12 @@ def assembly_sql(
         cols.append(f"CAST({expr} AS {typ}) AS {f.name}")
     if cutoff is not None:
         c = f"TIMESTAMP {quote(_timestamp(cutoff).isoformat(sep=' '))}"
-        cols.append(f"CAST(CASE WHEN l.first_return_ts <= {c} THEN 1 ELSE 0 END AS TINYINT) AS returned")
+        # returned within the return window (and by the cutoff): a mature label is final, so older and newer
+        # windows get the same hindsight (a return after the window does not flip a label later)
+        cols.append(
+            f"CAST(CASE WHEN l.first_return_ts < l.window_end AND l.first_return_ts <= {c} THEN 1 ELSE 0 END "
+            "AS TINYINT) AS returned"
+        )
         cols.append(f"(l.window_end <= {c}) AS label_mature")
     joins = BASE_JOINS + [j for m in registry.FAMILY_MODULES for j in getattr(m, "JOINS", [])]
     if ordered_targets:
@@ -239,7 +244,8 @@ def build_features(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One row per order line with every feature as of its order's timestamp, plus labels.
 
-    `returned`: a return recorded at or before `cutoff`; `label_mature`: order_ts + window <= cutoff.
+    `returned`: a return recorded within the return window (before order_ts + window) and by `cutoff`;
+    `label_mature`: order_ts + window <= cutoff (a mature label is final).
     """
     with _session(tables, params) as ctx:
         t0 = time.perf_counter()

@@ -424,3 +424,17 @@ def test_labels_use_the_cutoff():
     assert f.loc[a, "returned"] == 1 and f.loc[b, "returned"] == 0  # b's return is after the cutoff
     assert bool(f.loc[a, "label_mature"]) and not bool(f.loc[b, "label_mature"])
     assert f["returned"].dtype == np.int8 and f["label_mature"].dtype == bool
+
+
+def test_a_return_after_the_window_does_not_flip_a_mature_label():
+    # window 30 days: a's return on day 29 counts, b's on day 45 (a late cancellation, common in real exports)
+    # does not, so every mature label has the same hindsight whatever the cutoff
+    t = base()
+    (a,) = t.order(1, 1, "2024-01-01", [{"product_id": 30}])
+    (b,) = t.order(2, 1, "2024-01-01", [{"product_id": 30}])
+    t.ret(a, "2024-01-30").ret(b, "2024-02-15")
+    early = feats(t, cutoff="2024-02-05")
+    late = feats(t, cutoff="2024-06-01")
+    for f in (early, late):
+        assert f.loc[a, "returned"] == 1 and f.loc[b, "returned"] == 0
+        assert bool(f.loc[b, "label_mature"])
