@@ -23,6 +23,8 @@ import numpy as np
 EPS = 1e-6
 METHODS = ("platt", "beta", "isotonic", "blend")
 SELECT = ("logloss", "logloss+ece")
+# params.yaml evaluate.ece_bins reaches fit_from_config as train.calibration_ece_bins (the train command sets it)
+DEFAULT_ECE_BINS = 15
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -216,7 +218,7 @@ def compare_methods(
     seed: int = 0,
     methods: Sequence[str] = METHODS,
     weights: np.ndarray | None = None,
-    ece_bins: int = 15,
+    ece_bins: int = DEFAULT_ECE_BINS,
 ) -> dict[str, float]:
     """Cross-fitted log loss and ECE of each method on the validation window (lower is better).
 
@@ -269,7 +271,7 @@ def choose_and_fit(
     candidates: Sequence[str] = ("platt", "isotonic"),
     select: str = "logloss",
     weights: np.ndarray | None = None,
-    ece_bins: int = 15,
+    ece_bins: int = DEFAULT_ECE_BINS,
 ) -> tuple[Calibrator, dict[str, float]]:
     """Fit the calibrator on the whole validation window; "auto" picks among `candidates` by measurement.
 
@@ -296,8 +298,13 @@ def fit_from_config(
     One place for the model, the customer-blind model and the logistic baseline, so every scorer is
     calibrated by the same rule on the same validation lines. Returns the calibrator and info for the
     run summary: the method and the cross-fitted log loss / ECE of each candidate.
+    The ECE in the selection uses `calibration_ece_bins` bins: the train command sets it from
+    params.yaml `evaluate.ece_bins`, so the calibrator is chosen by the ECE the evaluate stage reports.
     """
     half_life = cfg.get("calibration_half_life_days")
+    ece_bins = cfg.get("calibration_ece_bins", DEFAULT_ECE_BINS)
+    if isinstance(ece_bins, bool) or not isinstance(ece_bins, int) or ece_bins < 1:
+        raise ValueError(f"train.calibration_ece_bins must be an integer >= 1; got {ece_bins!r}")
     calibrator, scores = choose_and_fit(
         raw,
         y,
@@ -307,7 +314,7 @@ def fit_from_config(
         candidates=tuple(cfg.get("calibration_candidates", ("platt", "isotonic"))),
         select=str(cfg.get("calibration_select", "logloss")),
         weights=recency_weights(ts, None if half_life is None else float(half_life)),
-        ece_bins=int(cfg.get("ece_bins", 15)),
+        ece_bins=ece_bins,
     )
     info: dict[str, float | str] = {"calibration": calibrator.method}
     for k, v in scores.items():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+import pytest
 from test_model_train import CFG, SPECS, synthetic_features  # same folder: pytest puts it on sys.path
 
 from models.calibration import recency_weights
@@ -64,3 +66,63 @@ def test_every_scorer_is_calibrated_by_the_same_rule():
     # the logistic baseline's validation probabilities are Platt-recalibrated: their mean matches the rate
     val = result.predictions[result.predictions["split"] == "val"]
     assert abs(val["p_logreg"].mean() - val["returned"].mean()) < 1e-3
+
+
+def _cal_data(n=4000, seed=3):
+    rng = np.random.default_rng(seed)
+    raw = rng.normal(-1.0, 1.5, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(0.7 * raw + 0.2)))).astype(float)
+    ts = pd.Series(pd.date_range("2025-01-01", periods=n, freq="h"))
+    return raw, y, ts
+
+
+def test_selection_ece_uses_calibration_ece_bins_not_a_fixed_count():
+    from models.calibration import DEFAULT_ECE_BINS, compare_methods, fit_from_config
+
+    raw, y, ts = _cal_data()
+    cfg = {
+        "calibration": "auto",
+        "calibration_candidates": ["platt", "beta"],
+        "calibration_select": "logloss+ece",
+    }
+    _, four = fit_from_config(raw, y, ts, {**cfg, "calibration_ece_bins": 4}, seed=0)
+    _, default = fit_from_config(raw, y, ts, cfg, seed=0)
+    expected = compare_methods(raw, y, seed=0, methods=("platt", "beta"), ece_bins=4)
+    assert four["calibration_cv_ece_platt"] == expected["platt.ece"]
+    assert four["calibration_cv_ece_beta"] == expected["beta.ece"]
+    assert four["calibration_cv_ece_platt"] != default["calibration_cv_ece_platt"]  # the bins matter
+    at_default = compare_methods(raw, y, seed=0, methods=("platt", "beta"), ece_bins=DEFAULT_ECE_BINS)
+    assert default["calibration_cv_ece_platt"] == at_default["platt.ece"]
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, "15", True])
+def test_a_bad_calibration_ece_bins_is_refused_by_name(bad):
+    from models.calibration import fit_from_config
+
+    raw, y, ts = _cal_data(n=400)
+    with pytest.raises(ValueError, match="train.calibration_ece_bins"):
+        fit_from_config(raw, y, ts, {"calibration": "platt", "calibration_ece_bins": bad}, seed=0)
+
+
+def test_train_command_passes_evaluate_ece_bins_to_the_calibrator_selection():
+    from pipeline.commands.train import train_config
+
+    params = {"train": {"calibration": "auto"}, "evaluate": {"ece_bins": 7}}
+    cfg = train_config(params)
+    assert cfg["calibration_ece_bins"] == 7 and "calibration_ece_bins" not in params["train"]
+    assert train_config({**params, "train": {"calibration_ece_bins": 7}})["calibration_ece_bins"] == 7
+    with pytest.raises(ValueError, match="differs from evaluate.ece_bins"):
+        train_config({**params, "train": {"calibration_ece_bins": 15}})
+    assert "calibration_ece_bins" not in train_config({"train": {}})  # no evaluate section: the default
+
+
+def test_dvc_train_stage_depends_on_the_bins_its_calibration_reads():
+    import yaml
+
+    from pipeline.config import load_params, project_root
+
+    stage = yaml.safe_load((project_root() / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["train"]
+    assert "evaluate.ece_bins" in stage["params"] and "train" in stage["params"]
+    params = load_params()
+    assert "calibration_ece_bins" not in params["train"]  # one source: evaluate.ece_bins
+    assert isinstance(params["evaluate"]["ece_bins"], int)

@@ -27,6 +27,25 @@ def features_file(path: Path) -> Path:
     return f
 
 
+def train_config(params: dict[str, Any]) -> dict[str, Any]:
+    """params.yaml `train:` plus `calibration_ece_bins` = `evaluate.ece_bins` (dvc.yaml's train stage depends on it).
+
+    One bin count for the ECE that selects the calibrator and the ECE the evaluate stage reports; an explicit
+    `train.calibration_ece_bins` that disagrees with `evaluate.ece_bins` is refused rather than silently ignored.
+    """
+    cfg = dict(params["train"])
+    bins = params.get("evaluate", {}).get("ece_bins")
+    if bins is None:
+        return cfg
+    if cfg.get("calibration_ece_bins", bins) != bins:
+        raise ValueError(
+            f"params.yaml: train.calibration_ece_bins ({cfg['calibration_ece_bins']}) differs from "
+            f"evaluate.ece_bins ({bins}); leave train.calibration_ece_bins out (it is read from evaluate)"
+        )
+    cfg["calibration_ece_bins"] = bins
+    return cfg
+
+
 def run_train(
     features: Path,
     out: Path,
@@ -45,7 +64,7 @@ def run_train(
     from pipeline.io import write_json, write_parquet
 
     say = progress or (lambda _m: None)
-    cfg = params["train"]
+    cfg = train_config(params)
     seed = int(params["seed"])
     ffile = features_file(features)
     say(f"reading {ffile}")
@@ -82,7 +101,7 @@ def run_train(
     )
 
     costs = CostModel.from_params(cfg["cost"])
-    ece_bins = int(params.get("evaluate", {}).get("ece_bins", 15))
+    ece_bins = int(cfg.get("calibration_ece_bins", 15))
     metrics, curves = evaluate_predictions(
         result.predictions, costs, threshold=result.model.threshold, ece_bins=ece_bins
     )
