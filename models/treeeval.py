@@ -329,7 +329,9 @@ def _predict(X, out, roots, feat, thr, kind, left, right, bits_start, bits_end, 
         for r in range(lo, hi):
             s = 0.0
             for t in range(roots.shape[0]):
-                s += leaf_value[_leaf(X, r, roots[t], feat, thr, kind, left, right, bits_start, bits_end, bits)]
+                s += leaf_value[
+                    _leaf(X, r, roots[t], feat, thr, kind, left, right, bits_start, bits_end, bits)
+                ]
             out[r] = s
 
 
@@ -345,7 +347,9 @@ def _predict_perfect(X, out, depth, col, thr, leaf_value, view_src, view_cat, vi
         lo = b * block
         hi = min(n, lo + block)
         V = np.empty((hi - lo, n_views))  # the block's rows as the nodes read them (Perfect docstring)
-        fill_views(X, lo, hi, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits, V)
+        fill_views(
+            X, lo, hi, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits, V
+        )
         acc = np.zeros(hi - lo)
         for t in range(n_trees):  # trees outer, rows inner: each row still adds its trees in tree order
             base = t * n_int
@@ -365,7 +369,9 @@ def predict_raw(forest: Forest, X: np.ndarray, num_threads: int | None = None) -
     `num_threads`: numba threads for this call (None/0: all numba threads); rows are split in blocks.
     """
     if X.ndim != 2 or X.shape[1] < forest.n_features:
-        raise ValueError(f"expected a 2-D matrix with {forest.n_features} feature columns, got shape {X.shape}")
+        raise ValueError(
+            f"expected a 2-D matrix with {forest.n_features} feature columns, got shape {X.shape}"
+        )
     if X.dtype != np.float64 or not (X.flags.c_contiguous or X.flags.f_contiguous):
         X = np.ascontiguousarray(X, dtype=np.float64)
     out = np.empty(X.shape[0], dtype=np.float64)

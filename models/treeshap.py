@@ -272,7 +272,9 @@ def _kernel(X, out, col, thr, view_src, view_cat, view_nan, view_zero, view_bits
         lo = b * block
         hi = min(n, lo + block)
         V = np.empty((hi - lo, view_src.shape[0]))  # the rows as the nodes read them (one <= per node)
-        fill_views(X, lo, hi, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits, V)
+        fill_views(
+            X, lo, hi, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits, V
+        )
         go = np.empty(n_nodes + 1, dtype=np.uint8)  # node decisions (1: left); the roots' dummy parent
         pat = np.zeros(slot_parent.shape[0] + 1, dtype=np.int64)  # agreement pattern per slot
         phi = np.zeros((hi - lo, nf))

@@ -16,7 +16,13 @@ def _data(n=3000, seed=0):
     X[rng.random(n) < 0.1, 0] = np.nan
     X[rng.random(n) < 0.2, 1] = 0.0
     X[rng.random(n) < 0.05, 4] = np.nan
-    y = X[:, 1] + np.nan_to_num(X[:, 0]) * X[:, 2] + np.isin(X[:, 4], [1, 4, 7, 33]) + X[:, 5] + rng.normal(size=n)
+    y = (
+        X[:, 1]
+        + np.nan_to_num(X[:, 0]) * X[:, 2]
+        + np.isin(X[:, 4], [1, 4, 7, 33])
+        + X[:, 5]
+        + rng.normal(size=n)
+    )
     return X, (y > 0.8).astype(int)
 
 
@@ -76,7 +82,9 @@ def test_layouts_threads_and_blocks_give_the_same_scores():
     b = E.predict_raw(forest, np.asfortranarray(Xt), num_threads=1)
     c = E.predict_raw(forest, Xt[:, :].astype(np.float32))  # converted to float64 first
     np.testing.assert_array_equal(a, b)
-    np.testing.assert_allclose(c, booster.predict(Xt.astype(np.float32).astype(np.float64), raw_score=True), atol=1e-12)
+    np.testing.assert_allclose(
+        c, booster.predict(Xt.astype(np.float32).astype(np.float64), raw_score=True), atol=1e-12
+    )
     assert E.predict_raw(forest, Xt[:0]).shape == (0,)
     with pytest.raises(ValueError, match="feature columns"):
         E.predict_raw(forest, Xt[:, :3])
