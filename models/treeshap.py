@@ -205,23 +205,58 @@ def build_tables(booster: Any, max_distinct: int = MAX_DISTINCT) -> TreeTables |
     for t in range(len(f.roots)):
         tree_node_start.append(next((int(r) for r in f.roots[t + 1 :] if r >= 0), n_nodes))
 
-    P, W, L = max(max_path, 1), max(max_d, 1), len(leaves)
-    # pattern_mask[leaf, pattern]: the leaf's feature mask when x agrees with its path exactly at the
-    # depths set in `pattern` (a feature's bit is cleared when any of its splits on the path disagrees)
-    pattern_mask = np.zeros(L << P, dtype=np.int64)
+    P, W = max(max_path, 1), max(max_d, 1)
+    patterns = np.arange(1 << P)
+
+    def mask_of(path: list[tuple[int, bool, int]], d: int) -> np.ndarray:
+        """The leaf's feature mask for every agreement pattern (a feature's bit is cleared when any of
+        its splits on the path disagrees)."""
+        mask = np.full(1 << P, (1 << d) - 1, dtype=np.int64)
+        for depth, (_, _, bit) in enumerate(path):
+            mask &= np.where((patterns >> depth) & 1 == 1, -1, ~(1 << bit))
+        return mask
+
+    # Sibling leaves (both children of one node) share their path but its last direction, hence their
+    # features; they become one entry whose table is indexed by the left leaf's pattern directly (row p =
+    # left table at its mask + right table at the mask of p with the last bit flipped): half the look-ups
+    # and additions for them.
+    entries: list[tuple[np.ndarray, list[int], np.ndarray, int]] = []  # (pattern -> row, features, rows, slot)
+    leaf_start = [0]
+    for t in range(len(f.roots)):
+        group: dict[int, list[int]] = {}
+        for i in range(tree_leaf_start[t], tree_leaf_start[t + 1]):
+            group.setdefault(slot_parent[leaves[i][3]], []).append(i)
+        for i in range(tree_leaf_start[t], tree_leaf_start[t + 1]):
+            path, distinct, tab, slot = leaves[i]
+            d = len(distinct)
+            sib = group[slot_parent[slot]]
+            if len(sib) == 2 and d:
+                if not path[-1][1]:
+                    continue  # the right sibling: merged into the left one
+                right = leaves[sib[0] if sib[1] == i else sib[1]]
+                last = 1 << (len(path) - 1)
+                rows = np.arange(1 << len(path))
+                m_left = mask_of(path, d)[rows]
+                m_right = mask_of(right[0], d)[rows ^ last]
+                merged = tab.reshape(-1, d)[m_left] + right[2].reshape(-1, d)[m_right]
+                identity = np.zeros(1 << P, dtype=np.int64)
+                identity[rows] = rows
+                entries.append((identity, distinct, merged.ravel(), slot))
+            else:
+                entries.append((mask_of(path, d), distinct, tab, slot))
+        leaf_start.append(len(entries))
+    tree_leaf_start = leaf_start
+    L = len(entries)
+    pattern_mask = np.zeros(L << P, dtype=np.int64)  # entry x pattern -> row of its table
     leaf_slot = np.zeros(L, dtype=np.int64)
     n_distinct = np.zeros(L, dtype=np.int64)
     uf = np.full(L * W, n_features, dtype=np.int64)
     tbl_start = np.zeros(L, dtype=np.int64)
     tables = []
     pos = 0
-    patterns = np.arange(1 << P)
-    for i, (path, distinct, tab, slot) in enumerate(leaves):
+    for i, (row_of, distinct, tab, slot) in enumerate(entries):
         d = len(distinct)
-        mask = np.full(1 << P, (1 << d) - 1, dtype=np.int64)
-        for depth, (_, _, bit) in enumerate(path):
-            mask &= np.where((patterns >> depth) & 1 == 1, -1, ~(1 << bit))
-        pattern_mask[i << P : (i + 1) << P] = mask
+        pattern_mask[i << P : (i + 1) << P] = row_of
         leaf_slot[i] = slot
         uf[i * W : i * W + d] = distinct
         n_distinct[i] = d
