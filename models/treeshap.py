@@ -48,7 +48,8 @@ class TreeTables:
     x follows the path at depth k) from its parent's in pre-order, (3) per leaf maps the pattern to the
     feature mask of its table (`pattern_mask`) and adds the table row to the leaf's d features. This
     replaces a per-leaf loop over the path (half the time of the first version); loop trip counts are the
-    same for every row, so the branch predictor learns them.
+    same for every row, so the branch predictor learns them. Two sibling leaves are one entry (a table
+    indexed by the pattern itself), so "leaf" below means such an entry.
     """
 
     n_features: int
