@@ -41,6 +41,10 @@ def render() -> str:
     for fam in FAMILIES:
         module = next(m for m in registry.FAMILY_MODULES if fam == m.FAMILY)
         lines += [f"## {fam}", "", _first_paragraph(module.__doc__), "", f"Module: `{module.__name__}`.", ""]
+        params = getattr(module, "PARAMS", {})
+        if params:  # params.yaml `featurize:` keys the family reads, with their defaults
+            lines += ["Params (params.yaml `featurize:`, defaults in parentheses):", ""]
+            lines += [f"- `{k}` (`{getattr(p, k)!r}`): {v}." for k, v in params.items()] + [""]
         lines += ["| feature | kind | uses customer history | needs | definition |", "|---|---|---|---|---|"]
         for f in registry.FEATURES:
             if f.family != fam:

@@ -58,6 +58,22 @@ class FeaturizeParams:
         "scan"  # "scan" (one time-ordered pass, features/scan.py) or "sql" (window functions)
     )
     assembly_chunk_rows: int = 1_000_000  # target lines assembled (and held in memory) at a time
+    # priors of features/size.py and the late-return share of features/past_returns.py (params.yaml says
+    # where the defaults come from); each module checks its own
+    size_moments: dict[str, list[float]] = field(
+        default_factory=lambda: {"alpha": [3.15, 1.40], "eu_shoe": [5.60, 2.65]}
+    )
+    size_cross_type_rho: float = 0.7
+    size_evidence_weights: dict[str, float] = field(
+        default_factory=lambda: {"ordered": 2.0, "kept": 1.0, "returned": 2.0}
+    )
+    late_return_share: float = 0.6
+
+    def __post_init__(self) -> None:
+        from features import past_returns, size
+
+        size.check_params(self)
+        past_returns.check_params(self)
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any] | FeaturizeParams | None) -> FeaturizeParams:

@@ -5,20 +5,27 @@ deciding on will do it again) and products that disappoint keep disappointing. O
 before the order's timestamp count, and a rate's denominator is the earlier lines whose outcome was
 known at that time (returned, or past their return window): a purchase from three days ago is not yet
 evidence of anything. Rates are shrunk towards the population rate as of the start of the order's day
-(pseudo-counts from params), so a new customer or product gets the population rate, not 0 or 1.
+(pseudo-counts from params), so a new customer or product gets the population rate, not 0 or 1. Late returns
+are those recorded after params.yaml `featurize.late_return_share` of the return window.
 
 The customer's returns are also split by the reason they gave (`REASON_GROUPS`): fit returns (too small /
 too large) say the customer has trouble finding their size, claims (damaged, not as described) and quality
-complaints can be real or a pretext, "changed my mind" is the plain habit; returns sent in the last part of
-the return window (`LATE_SHARE` of it) are what wardrobing looks like. Each is a rate over the customer's
+complaints can be real or a pretext, "changed my mind" is the plain habit; returns recorded after
+`featurize.late_return_share` of the return window had passed are what wardrobing looks like (default 0.6: the
+last 12 of 30 days; a shop whose customers usually return late sets it from its own return-day distribution). Each is a rate over the customer's
 resolved earlier lines, shrunk towards 0 with customer_prior_weight pseudo-lines.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from features.spec import FeatureSpec
 from features.sql import days_between
 from features.streams import Events, Running
+
+if TYPE_CHECKING:
+    from features.engine import FeaturizeParams
 
 FAMILY = "past_returns"
 
@@ -29,8 +36,22 @@ REASON_GROUPS = {
     "quality": ("quality",),
     "mind": ("changed_mind", "other"),
 }
-#: A return recorded after this share of the return window had passed counts as late.
-LATE_SHARE = 0.6
+
+#: params.yaml `featurize:` keys this family reads (listed with their defaults in docs/features.md).
+PARAMS = {
+    "customer_prior_weight": "pseudo-lines at the population rate in the customer's rates",
+    "product_prior_weight": "pseudo-lines at the population rate in the product's rate",
+    "late_return_share": "a return recorded after this share of the return window counts as late",
+}
+
+
+def check_params(p: FeaturizeParams) -> None:
+    """featurize.late_return_share is a share of the return window, formatted into SQL: a number in (0, 1]."""
+    share = p.late_return_share
+    if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
+        raise ValueError(
+            f"params.yaml featurize.late_return_share: must be a number in (0, 1], got {share!r}"
+        )
 
 
 def _in(reasons: tuple[str, ...]) -> str:
@@ -72,8 +93,8 @@ EVENTS = [
         "JOIN ln l ON l.line_id = r.line_id) rl",
         "return_ts",
         {
-            "c_ret_late": f"CASE WHEN is_first AND epoch(return_ts) - epoch(line_order_ts) >= "
-            f"CAST({LATE_SHARE!r} AS DOUBLE) * {{return_window_days}} * 86400.0 THEN 1.0 ELSE 0.0 END"
+            "c_ret_late": "CASE WHEN is_first AND epoch(return_ts) - epoch(line_order_ts) >= "
+            "CAST({late_return_share} AS DOUBLE) * {return_window_days} * 86400.0 THEN 1.0 ELSE 0.0 END"
         },
     ),
     Events("product", "FROM ln", "resolved_ts", {"p_res": "1.0"}),

@@ -4,7 +4,9 @@ Why it predicts returns: the commonest return reason in fashion is fit. A custom
 and now orders L is likely to send it back; so is one ordering a size they never kept, and anyone
 buying a product that earlier buyers returned as "too small". Sizes are mapped to ranks on their size
 type's ordinal scale (pipeline.contract.SIZE_SCALES); distances are in ranks, compared only within the
-same size type (alpha vs EU shoe).
+same size type (alpha vs EU shoe). The true-size priors are shop-specific params (params.yaml `featurize:`
+size_moments, size_cross_type_rho, size_evidence_weights; the featurize report compares the moments with the
+data's).
 
 "Kept" is honest evidence only: an earlier line counts as kept from the end of its return window
 (order_ts + labels.return_window_days) if no return was recorded before then, and stops counting if a
@@ -19,9 +21,10 @@ weight (a precision, summed in the `customer_size` stream as three running sums)
 size (known at once, kept or not), each *kept* size (from the end of its return window), and each return
 recorded as too small / too large (T one above / below the ordered size). The prior comes from the other
 size type: alpha and EU shoe sizes are correlated in people, so a customer who only bought shoes still
-gets an informed prior for tops. Sizes are compared across types on a standard score with fixed population
-moments (`SIZE_MOMENTS`, measured on the generated history's first 12 months of ordered sizes; seeds 42 and
-7 agree to 0.05 rank). Features: the probabilities that the ordered size is the true one, smaller or larger
+gets an informed prior for tops. Sizes are compared across types on a standard score with population
+moments from params (`featurize.size_moments`; the defaults were measured on the generated history's first 12
+months of ordered sizes, seeds 42 and 7 agree to 0.05 rank: a shop sets its own, and the featurize report
+shows the data's next to the configured ones, `measured_moments_sql` / `compare_moments`). Features: the probabilities that the ordered size is the true one, smaller or larger
 than it (the normal's mass within half a rank, below, above), ordered minus posterior mean, posterior sd,
 and the spread of the customer's own size evidence (personal fit uncertainty).
 A 15-rank log-likelihood grid with Laplace costs was measured too: same test AUC (within 0.0003 on seeds
@@ -30,21 +33,72 @@ A 15-rank log-likelihood grid with Laplace costs was measured too: same test AUC
 
 from __future__ import annotations
 
-from features.engine import N_SIZE_RANKS, Context
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from features.engine import N_SIZE_RANKS, Context, FeaturizeParams
 from features.spec import FeatureSpec
 from features.streams import Events, Running
+from pipeline.contract import SIZE_SCALES
 
 FAMILY = "size"
 RANKS = range(N_SIZE_RANKS)
 
-#: Population mean and standard deviation of ordered size ranks per size type (standard scores).
-SIZE_MOMENTS = {"alpha": (3.15, 1.40), "eu_shoe": (5.60, 2.65)}
-#: Correlation of a person's standardised sizes across size types (customers' mean ordered ranks: 0.72-0.73).
-CROSS_TYPE_RHO = 0.7
-#: Weights (precisions, 1/rank^2) of the evidence about the true rank T per earlier line of the same type:
-#: an ordered size implies T = s, a kept size T = s again, a "too small" return T = s + 1 ("too large": s - 1).
-ORDER_WEIGHT, KEPT_WEIGHT, RETURN_WEIGHT = 2.0, 1.0, 2.0
+#: Size types with a true-size prior (pipeline.contract.SIZE_SCALES) -> the key in stream column names.
 _TYPE_KEY = {"alpha": "a", "eu_shoe": "s"}
+#: params.yaml `featurize:` keys this family reads (listed with their defaults in docs/features.md).
+PARAMS = {
+    "size_moments": "population [mean, sd] of ordered size ranks per size type: the standard scores that carry "
+    "one type's sizes into the other's prior (defaults measured on generated data: set from the shop's history; "
+    "the featurize report shows the data's)",
+    "size_cross_type_rho": "correlation of a person's standardised sizes across size types",
+    "size_evidence_weights": "precision of each earlier ordered size, kept size and too small / too large return",
+    "size_tendency_prior_weight": "pseudo-counts in the product size tendency",
+}
+#: featurize.size_evidence_weights: what each earlier line of the same type says about the true rank T, as
+#: a precision (1/rank^2): an ordered size implies T = s, a kept size T = s again, a "too small" return
+#: T = s + 1 ("too large": s - 1).
+EVIDENCE = ("ordered", "kept", "returned")
+#: The featurize report warns when the data's ordered-size moments are this far from the configured ones:
+#: the mean by more than MEAN_TOLERANCE ranks, the sd by more than SD_TOLERANCE of the configured sd, and
+#: only for a size type with at least MIN_LINES ordered lines (fewer: too noisy to say).
+MEAN_TOLERANCE, SD_TOLERANCE, MIN_LINES = 0.5, 0.3, 100
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_params(p: FeaturizeParams) -> None:
+    """Clear errors for size priors a shop mistyped (they are formatted into SQL, so only numbers pass)."""
+    where = "params.yaml featurize"
+    moments = p.size_moments
+    if not isinstance(moments, Mapping) or set(moments) != set(_TYPE_KEY):
+        got = sorted(moments) if isinstance(moments, Mapping) else moments
+        raise ValueError(
+            f"{where}.size_moments: needs exactly {sorted(_TYPE_KEY)} -> [mean, sd], got {got!r}"
+        )
+    for st, value in moments.items():
+        if (
+            not isinstance(value, list | tuple)
+            or len(value) != 2
+            or not all(_is_number(v) for v in value)
+            or value[1] <= 0
+        ):
+            raise ValueError(
+                f"{where}.size_moments.{st}: must be [mean, sd] in size ranks with sd > 0, got {value!r}"
+            )
+    rho = p.size_cross_type_rho
+    if not _is_number(rho) or not -1 < rho < 1:
+        raise ValueError(f"{where}.size_cross_type_rho: must be a number in (-1, 1), got {rho!r}")
+    weights = p.size_evidence_weights
+    if not isinstance(weights, Mapping) or set(weights) != set(EVIDENCE):
+        got = sorted(weights) if isinstance(weights, Mapping) else weights
+        raise ValueError(f"{where}.size_evidence_weights: needs exactly {list(EVIDENCE)}, got {got!r}")
+    for k, w in weights.items():
+        if not _is_number(w) or w < 0:
+            raise ValueError(f"{where}.size_evidence_weights.{k}: must be a number >= 0, got {w!r}")
 
 
 def _num(value: float) -> str:
@@ -52,9 +106,15 @@ def _num(value: float) -> str:
     return f"CAST({float(value)!r} AS DOUBLE)"
 
 
+def _param(name: str) -> str:
+    """A params placeholder typed DOUBLE, e.g. `size_moments[alpha][0]`: the engine formats event values
+    with the featurize params (features.build / features.state), so both paths read the same values."""
+    return f"CAST({{{name}}} AS DOUBLE)"
+
+
 def _kept(sign: str) -> dict[str, str]:
     counts = {f"k{i}": f"CASE WHEN size_rank = {i} THEN {sign}1.0 ELSE 0.0 END" for i in RANKS}
-    return counts | _evidence(f"{sign}{_num(KEPT_WEIGHT)}", "size_rank")
+    return counts | _evidence(f"{sign}{_param('size_evidence_weights[kept]')}", "size_rank")
 
 
 def _evidence(weight: str, implied: str) -> dict[str, str]:
@@ -63,15 +123,15 @@ def _evidence(weight: str, implied: str) -> dict[str, str]:
 
 
 def _z(size_type: str) -> str:
-    mean, sd = SIZE_MOMENTS[size_type]
-    return f"((size_rank - {_num(mean)}) / {_num(sd)})"
+    mean, sd = _param(f"size_moments[{size_type}][0]"), _param(f"size_moments[{size_type}][1]")
+    return f"((size_rank - {mean}) / {sd})"
 
 
 RUNNINGS = (
     [Running("customer_size", f"k{i}") for i in RANKS]
     + [Running("customer_size", c) for c in ("sw", "swx", "swx2")]
     + [Running("customer_size", "n_ordered")]
-    + [Running("customer", f"{c}_{_TYPE_KEY[st]}") for st in SIZE_MOMENTS for c in ("zn", "zsum")]
+    + [Running("customer", f"{c}_{_TYPE_KEY[st]}") for st in _TYPE_KEY for c in ("zn", "zsum")]
     + [Running("product", "p_small"), Running("product", "p_large")]
 )
 
@@ -81,7 +141,7 @@ EVENTS = [
         "customer_size",
         "FROM ln WHERE size_rank IS NOT NULL",
         "order_ts",
-        {"n_ordered": "1.0"} | _evidence(_num(ORDER_WEIGHT), "size_rank"),
+        {"n_ordered": "1.0"} | _evidence(_param("size_evidence_weights[ordered]"), "size_rank"),
     ),
     # a size return says on which side of the ordered size the true size lies
     Events(
@@ -90,7 +150,10 @@ EVENTS = [
         "JOIN ln l ON l.line_id = r.line_id "
         "WHERE r.is_first AND r.reason IN ('too_small', 'too_large') AND l.size_rank IS NOT NULL) sr",
         "return_ts",
-        _evidence(_num(RETURN_WEIGHT), "size_rank + CASE WHEN reason = 'too_small' THEN 1 ELSE -1 END"),
+        _evidence(
+            _param("size_evidence_weights[returned]"),
+            "size_rank + CASE WHEN reason = 'too_small' THEN 1 ELSE -1 END",
+        ),
     ),
     # the same ordered sizes as standard scores per size type, for the other type's prior
     Events(
@@ -99,7 +162,7 @@ EVENTS = [
         "order_ts",
         {
             f"{c}_{_TYPE_KEY[st]}": f"CASE WHEN size_type = '{st}' THEN {'1.0' if c == 'zn' else _z(st)} ELSE 0.0 END"
-            for st in SIZE_MOMENTS
+            for st in _TYPE_KEY
             for c in ("zn", "zsum")
         },
     ),
@@ -138,6 +201,79 @@ EVENTS = [
 ]
 
 
+def measured_moments_sql(lines: str, products: str, orders: str) -> str:
+    """What the size priors describe, measured in the data: per size type the ordered lines and the mean and
+    sd of their size ranks, and the correlation of customers' mean ranks across the two types (over the
+    customers who ordered both). Relations: `lines` (order_id, product_id, size), `products` (product_id,
+    size_type), `orders` (order_id, customer_id); sizes normalised as staging does (features.engine)."""
+    scale = ", ".join(
+        f"('{st}', '{size}', {rank})" for st in _TYPE_KEY for rank, size in enumerate(SIZE_SCALES[st])
+    )
+    a, s = _TYPE_KEY
+    return f"""
+        WITH scale(size_type, size, size_rank) AS (VALUES {scale}),
+        r AS (
+            SELECT o.customer_id, sc.size_type, sc.size_rank FROM {lines} l
+            JOIN {products} p ON p.product_id = l.product_id
+            JOIN {orders} o ON o.order_id = l.order_id
+            JOIN scale sc ON sc.size_type = p.size_type AND sc.size = upper(trim(CAST(l.size AS VARCHAR)))
+        ),
+        per_customer AS (
+            SELECT customer_id, avg(size_rank) FILTER (WHERE size_type = '{a}') AS ma,
+                   avg(size_rank) FILTER (WHERE size_type = '{s}') AS ms
+            FROM r GROUP BY customer_id
+        ),
+        rho AS (SELECT corr(ma, ms) AS rho, count(ma + ms) AS n FROM per_customer)
+        SELECT size_type, count(*) AS n, avg(size_rank) AS mean, stddev_samp(size_rank) AS sd,
+               any_value(rho.rho) AS rho, any_value(rho.n) AS rho_n
+        FROM r, rho GROUP BY size_type ORDER BY size_type
+    """
+
+
+def compare_moments(
+    rows: list[tuple[str, int, float, float | None, float | None, int]], p: FeaturizeParams
+) -> dict[str, Any]:
+    """The featurize report's `size_priors`: measured next to configured, and a warning per size type whose
+    measured mean or sd is off by more than the tolerances (a shop running on another shop's priors)."""
+    measured = {st: {"n": int(n), "mean": mean, "sd": sd} for st, n, mean, sd, *_ in rows}
+    rho = next(((r[4], int(r[5])) for r in rows), (None, 0))
+    warnings = []
+    for st, (mean, sd) in p.size_moments.items():
+        m = measured.get(st)
+        if m is None or m["n"] < MIN_LINES or m["sd"] is None:
+            continue
+        if abs(m["mean"] - mean) > MEAN_TOLERANCE:
+            warnings.append(
+                f"size_moments.{st}: measured mean rank {m['mean']:.2f} over {m['n']:,} ordered lines, "
+                f"configured {mean:.2f} (off by more than {MEAN_TOLERANCE} rank)"
+            )
+        if abs(m["sd"] - sd) > SD_TOLERANCE * sd:
+            warnings.append(
+                f"size_moments.{st}: measured sd {m['sd']:.2f} over {m['n']:,} ordered lines, "
+                f"configured {sd:.2f} (off by more than {SD_TOLERANCE:.0%})"
+            )
+    if warnings:
+        warnings.append(
+            "set params.yaml featurize.size_moments from this shop's history (see the measured values)"
+        )
+    return {
+        "configured": {
+            "size_moments": {st: list(v) for st, v in p.size_moments.items()},
+            "size_cross_type_rho": p.size_cross_type_rho,
+        },
+        "measured": {
+            "size_moments": {
+                st: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in m.items()}
+                for st, m in measured.items()
+            },
+            "size_cross_type_rho": None if rho[0] is None else round(rho[0], 4),
+            "customers_with_both_types": rho[1],
+        },
+        "tolerance": {"mean_ranks": MEAN_TOLERANCE, "sd_share": SD_TOLERANCE, "min_lines": MIN_LINES},
+        "warnings": warnings,
+    }
+
+
 def _order_stat(k: str) -> str:
     """Rank of the k-th smallest kept size (1-based k), from the running histogram k0..kN."""
     prefix = [" + ".join(f"k{j}" for j in range(i + 1)) for i in RANKS]
@@ -145,16 +281,17 @@ def _order_stat(k: str) -> str:
     return f"CASE {whens} END"
 
 
-def _posterior_sql() -> str:
+def _posterior_sql(p: FeaturizeParams) -> str:
     """Per size type key x: prior (pm_x, psd_x) from the other type's standard scores, then the normal
     posterior's mean m_x and sd sd_x; `spread` is the sd of the customer's own evidence in the line's type."""
     cols = []
+    rho = float(p.size_cross_type_rho)
     for st, x in _TYPE_KEY.items():
-        mean, sd = SIZE_MOMENTS[st]
+        mean, sd = (float(v) for v in p.size_moments[st])
         o = next(v for k, v in _TYPE_KEY.items() if k != st)
         n_o, z_o = f"coalesce(zn_{o}, 0)", f"coalesce(zsum_{o}, 0)"
-        pm = f"({_num(mean)} + {_num(sd * CROSS_TYPE_RHO)} * {z_o} / ({n_o} + 1))"
-        prec = f"(1.0 / ({_num(sd * sd)} * (1 - {_num(CROSS_TYPE_RHO**2)} * {n_o} / ({n_o} + 1))))"
+        pm = f"({_num(mean)} + {_num(sd * rho)} * {z_o} / ({n_o} + 1))"
+        prec = f"(1.0 / ({_num(sd * sd)} * (1 - {_num(rho**2)} * {n_o} / ({n_o} + 1))))"
         cols.append(f"(swx + {prec} * {pm}) / (sw + {prec}) AS m_{x}, 1.0 / sqrt(sw + {prec}) AS sd_{x}")
     spread = "CASE WHEN sw > 0 THEN sqrt(greatest(swx2 / sw - pow(swx / sw, 2), 0)) END AS spread"
     return f"SELECT *, {', '.join(cols)}, {spread} FROM sx1"
@@ -176,7 +313,7 @@ def finish(ctx: Context) -> None:
                CASE WHEN n_kept > 0 THEN {mode} END AS mode_rank
         FROM (SELECT *, {n} AS n_kept FROM sx0) t
     """)
-    ctx.sql(f"CREATE OR REPLACE TEMP VIEW sx AS {_posterior_sql()}")
+    ctx.sql(f"CREATE OR REPLACE TEMP VIEW sx AS {_posterior_sql(ctx.params)}")
 
 
 def _phi(x: str) -> str:

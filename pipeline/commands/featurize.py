@@ -23,6 +23,44 @@ def table_inputs(folder: Path) -> dict[str, Any]:
     return out
 
 
+def size_priors_report(tables: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """The data's ordered-size moments (and cross-type correlation) next to featurize.size_moments, so a
+    shop running on the generated data's priors sees it (features.size.compare_moments)."""
+    import duckdb
+    import pyarrow.parquet as pq
+
+    from features import size
+    from features.engine import FeaturizeParams
+    from features.sql import quote
+
+    p = FeaturizeParams.from_params(params)
+    needed = {
+        "orders": ("order_id", "customer_id"),
+        "order_lines": ("order_id", "product_id", "size"),
+        "products": ("product_id", "size_type"),
+    }
+    for name, cols in needed.items():
+        data = tables.get(name)
+        have = (
+            [] if data is None else data.columns if not isinstance(data, Path) else pq.read_schema(data).names
+        )
+        if any(c not in have for c in cols):
+            return size.compare_moments([], p)  # no sizes in this data: nothing to compare
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"SET threads = {int(p.threads)}")
+        for name in needed:
+            data = tables[name]
+            if isinstance(data, Path):
+                con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({quote(str(data))})")
+            else:
+                con.register(name, data)
+        rows = con.execute(size.measured_moments_sql("order_lines", "products", "orders")).fetchall()
+    finally:
+        con.close()
+    return size.compare_moments(rows, p)
+
+
 def run_featurize(
     validated: Path, out: Path, report_path: Path | None, params: dict[str, Any]
 ) -> dict[str, Any]:
@@ -45,6 +83,9 @@ def run_featurize(
         with atomic_path(out / FEATURES_FILE) as tmp:
             report = featurize_to_parquet(tables, meta["cutoff"], tmp, run_params)
     report["params"].pop("temp_directory", None)
+    t0 = time.perf_counter()
+    report["size_priors"] = size_priors_report(tables, params)
+    report["timings_s"]["size_priors_s"] = round(time.perf_counter() - t0, 3)
     report["wall_s"] = round(time.perf_counter() - started, 3)
     report["cutoff"] = meta["cutoff"]
     report["source"] = meta.get("source")
@@ -97,4 +138,6 @@ def register(app: typer.Typer) -> None:
         console.print(f"{rep['n_features']} features; returned rate {rep.get('returned_rate')}")
         for name, miss in rep["skipped_features"].items():
             console.print(f"  [yellow]skipped[/yellow] {name}: missing {', '.join(miss)}")
+        for warning in rep["size_priors"]["warnings"]:
+            console.print(f"  [yellow]warning[/yellow] {warning}")
         console.print(f"report: {report}")
