@@ -161,6 +161,10 @@ def test_compare_moments_warns_only_past_the_tolerances():
     few = [("alpha", MIN_LINES - 1, 6.0, 0.2, None, 0)]
     assert compare_moments(few, p)["warnings"] == []
     assert compare_moments(few, p)["measured"]["size_moments"]["alpha"]["n"] == MIN_LINES - 1
+    # no sized lines at all (e.g. UCI Online Retail): nothing measured, nothing to warn about
+    none = compare_moments([], p)
+    assert none["measured"]["size_moments"] == {} and none["measured"]["size_cross_type_rho"] is None
+    assert none["warnings"] == []
 
 
 def _shop() -> Toy:
