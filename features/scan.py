@@ -23,6 +23,7 @@ of the window's; tests/test_features_parity.py at 1e-9).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -64,12 +65,26 @@ class _Source:
     others: list[tuple[int, str, str]] = field(default_factory=list)
 
 
+_CAST_LITERAL = re.compile(
+    r"^\(?\s*([+-]?)\s*\(?\s*CAST\(\s*([0-9.eE+-]+)\s+AS\s+DOUBLE\s*\)\s*\)?\s*\)?$", re.I
+)
+
+
 def _literal(expr: str) -> float | None:
-    """The float of a numeric literal value expression ("1.0", "CAST(0 AS DOUBLE)" is not one), else None."""
+    """The float of a constant value expression ("1.0", "-CAST(1.0 AS DOUBLE)"), else None (fetched)."""
+    text = expr.strip()
     try:
-        return float(expr.strip())
+        return float(text)
+    except ValueError:
+        pass
+    m = _CAST_LITERAL.match(text)
+    if m is None:
+        return None
+    try:
+        value = float(m.group(2))
     except ValueError:
         return None
+    return -value if m.group(1) == "-" else value
 
 
 def _micros(col: pa.ChunkedArray | pa.Array, null: int = I64_MIN) -> np.ndarray:
@@ -443,42 +458,44 @@ def scan_streams(
             sum_const.append(lit)
         for slot, group in by_slot.items():
             s = src.streams[slot]
-            # several columns of which each event sets at most one (e.g. a histogram of sizes): one value
-            # and the column it goes to, instead of a mostly-zero value per column
-            one_hot = len(group) >= 3 and n_sum[s] < 2**15
-            if one_hot:
-                which, val, seen = np.full(n, -1, np.int16), np.zeros(n), []
-                for col, name in group:
-                    arr = _float_values(t.column(name))
+            # columns of which each event sets at most one (e.g. a histogram of sizes) travel as one
+            # value and the column it goes to, instead of a mostly-zero value per column; the sparsest
+            # columns are merged first, a column that overlaps the merged ones stays a column of its own
+            arrays = [(col, _float_values(t.column(name))) for col, name in group]
+            density = [np.count_nonzero(arr) / max(1, n) for _, arr in arrays]
+            which = val = None
+            if sum(d <= 0.5 for d in density) >= 3 and n_sum[s] < 2**15:
+                which, val = np.full(n, -1, np.int16), np.zeros(n)
+            merged = 0
+            for k in np.argsort(density, kind="stable"):
+                col, arr = arrays[k]
+                _check_integral(col, arr)
+                if which is not None and density[k] <= 0.5:
                     nz = np.flatnonzero(arr)
-                    if (which[nz] >= 0).any():
-                        one_hot = False
-                        break
-                    which[nz] = col.col
-                    val[nz] = arr[nz]
-                    seen.append((col, bool(np.array_equal(np.rint(arr), arr)), float(np.abs(arr).sum())))
-                if one_hot:
-                    for col, whole, total in seen:
-                        col.integral = col.integral and whole
-                        col.abs_total += total
-                    vparts.append(val)
-                    wparts.append(which)
-                    vat += n
-                    wat += n
-                    sum_ops.append((slot, sum_base[s], n_sum[s], -1, slot_v, slot_w))
-                    sum_const.append(0.0)
-                    slot_v += 1
-                    slot_w += 1
-                del which, val, seen, arr
-            if not one_hot:
-                for col, name in group:
-                    arr = _float_values(t.column(name))
-                    _check_integral(col, arr)
-                    vparts.append(arr)
-                    vat += n
-                    sum_ops.append((slot, sum_base[s], n_sum[s], col.col, slot_v, -1))
-                    sum_const.append(0.0)
-                    slot_v += 1
+                    if not (which[nz] >= 0).any():
+                        which[nz] = col.col
+                        val[nz] = arr[nz]
+                        merged += 1
+                        continue
+                if n and arr[0] == arr.min() == arr.max():  # the same value on every event
+                    sum_ops.append((slot, sum_base[s], n_sum[s], col.col, -1, -1))
+                    sum_const.append(float(arr[0]))
+                    continue
+                vparts.append(arr)
+                vat += n
+                sum_ops.append((slot, sum_base[s], n_sum[s], col.col, slot_v, -1))
+                sum_const.append(0.0)
+                slot_v += 1
+            if merged:
+                vparts.append(val)
+                wparts.append(which)
+                vat += n
+                wat += n
+                sum_ops.append((slot, sum_base[s], n_sum[s], -1, slot_v, slot_w))
+                sum_const.append(0.0)
+                slot_v += 1
+                slot_w += 1
+            del arrays, which, val
             t = fetched[j] = t.drop_columns([name for _, name in group])  # frees their buffers
         for jj, (slot, c, _) in enumerate(src.others):
             s = src.streams[slot]

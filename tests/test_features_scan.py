@@ -85,6 +85,8 @@ RUNS = [
     Running("product", "pv"),
     *(Running("customer_size", f"h{i}") for i in range(4)),  # one-hot: a histogram of w
     *(Running("product", f"a{i}") for i in range(3)),  # three values per event, not one-hot
+    Running("customer_size", "hw"),  # with the one-hot group: a constant and a dense column
+    Running("customer_size", "hx"),
 ]
 EVENTS = [
     Events(
@@ -98,7 +100,11 @@ EVENTS = [
         "customer_size",
         "FROM ev",
         "ts",
-        {f"h{i}": f"CASE WHEN w = {i} THEN 1.0 ELSE 0.0 END" for i in range(4)},
+        {
+            "hw": "CAST(2.0 AS DOUBLE) + 0.0 * w",
+            "hx": "val * 3",
+            **{f"h{i}": f"CASE WHEN w = {i} THEN 1.0 ELSE 0.0 END" for i in range(4)},
+        },
     ),
     Events(
         "customer_size",
@@ -125,7 +131,7 @@ def test_scan_equals_window_sql_on_random_streams(seed):
     assert scan["sn"].isna().any() and scan["sn"].notna().any()  # lines without a customer_size query row
     for c in ("n", "w", "cn", "sn", "pn", "last_stamp", "first_stamp", "h0", "h1", "h2", "h3", "a0", "a1"):
         pd.testing.assert_series_equal(scan[c], sql[c], check_dtype=False, check_exact=True, obj=c)
-    for c in ("v", "pv", "a2"):
+    for c in ("v", "pv", "a2", "hw", "hx"):
         pd.testing.assert_series_equal(scan[c], sql[c], check_dtype=False, rtol=1e-12, atol=1e-12, obj=c)
     assert (scan["h1"] > 0).any() and (scan["h0"] < 0).any()
     # counts are exact integers in the scan's table
@@ -146,3 +152,11 @@ def test_streams_sharing_a_source_share_a_pass():
         "customer_category": [Events("customer_category", "FROM ln", "first_return_ts")],
     }
     assert _sharing_groups(evs) == [["customer", "product"], ["customer_size"], ["customer_category"]]
+
+
+def test_constant_value_expressions_are_not_fetched():
+    from features.scan import _literal
+
+    assert _literal("1.0") == 1.0 and _literal(" -CAST(1.0 AS DOUBLE)") == -1.0
+    assert _literal("(+CAST(2.5 AS DOUBLE))") == 2.5
+    assert _literal("(CAST(2.0 AS DOUBLE)) * (size_rank)") is None and _literal("compound") is None
