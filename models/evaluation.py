@@ -121,7 +121,34 @@ def binary_metrics(y: np.ndarray, p: np.ndarray, *, ece_bins: int = 15) -> dict[
 
 
 # ---------------------------------------------------------------- bootstrap intervals (is a difference real?)
-BOOTSTRAP_METRICS = ("ece", "ece_adaptive", "log_loss")
+BOOTSTRAP_METRICS = ("ece", "ece_adaptive", "log_loss", "roc_auc", "pr_auc")
+HIGHER_IS_BETTER = frozenset({"roc_auc", "pr_auc"})
+RANK_CHUNK = 16  # resamples per cumulative-sum block in _weighted_rank_metrics (memory: 16 x lines floats)
+
+
+def _weighted_rank_metrics(y: np.ndarray, p: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ROC AUC and average precision under each row of weights `w` (n_boot, n): sorted once, not per resample.
+
+    Same definitions as scikit-learn's `roc_auc_score` / `average_precision_score` with `sample_weight`
+    (trapezoids over distinct thresholds; AP = sum of recall steps x precision), tested against them.
+    """
+    order = np.argsort(-p, kind="stable")
+    ys, ps = y[order], p[order]
+    ends = np.r_[np.flatnonzero(np.diff(ps) != 0), len(ps) - 1]  # last line of each distinct score
+    auc = np.empty(len(w))
+    ap = np.empty(len(w))
+    for start in range(0, len(w), RANK_CHUNK):
+        wc = w[start : start + RANK_CHUNK][:, order]
+        tp = np.cumsum(wc * ys, axis=1)[:, ends]
+        fp = np.cumsum(wc * (1.0 - ys), axis=1)[:, ends]
+        pos, neg = tp[:, -1:], fp[:, -1:]
+        tpr = np.concatenate([np.zeros((len(wc), 1)), tp / pos], axis=1)
+        fpr = np.concatenate([np.zeros((len(wc), 1)), fp / neg], axis=1)
+        auc[start : start + len(wc)] = (np.diff(fpr, axis=1) * (tpr[:, 1:] + tpr[:, :-1]) / 2).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            precision = np.where(tp + fp > 0, tp / (tp + fp), 1.0)
+        ap[start : start + len(wc)] = (np.diff(tpr, axis=1) * precision).sum(axis=1)
+    return auc, ap
 
 
 def cluster_bootstrap_weights(groups: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
@@ -156,7 +183,7 @@ def bootstrap_intervals(
     Every scorer is measured on the same resamples (paired), so a difference's interval is narrower
     than the two separate intervals suggest. Keys: "<scorer>.<metric>.lo/hi", and for the differences
     "diff.<other>.<metric>" (reference - other, point estimate), ".lo", ".hi" and ".p_better" (share of
-    resamples where the reference is lower, i.e. better: every metric here is lower-is-better).
+    resamples where the reference is better: lower ECE / log loss, higher ROC AUC / PR AUC).
     """
     y = np.asarray(y, dtype=np.float64)
     if reference not in scores:
@@ -171,8 +198,17 @@ def bootstrap_intervals(
     for key, p in scores.items():
         y_, p = _check(y, p)
         index = {"ece": ece_bin_index(p, bins), "ece_adaptive": equal_mass_bin_index(p, bins)}
+        if HIGHER_IS_BETTER & set(metrics):
+            if y_.min() == y_.max():
+                raise ValueError("ROC AUC / PR AUC intervals need both classes among the lines")
+            rank = dict(zip(("roc_auc", "pr_auc"), _weighted_rank_metrics(y_, p, w), strict=True))
+            rank_point = dict(
+                zip(("roc_auc", "pr_auc"), _weighted_rank_metrics(y_, p, np.ones((1, len(p)))), strict=True)
+            )
         for m in metrics:
-            if m == "log_loss":
+            if m in HIGHER_IS_BETTER:
+                vals, point = rank[m], float(rank_point[m][0])
+            elif m == "log_loss":
                 pc = np.clip(p, EPS, 1 - EPS)
                 line_loss = -(y_ * np.log(pc) + (1 - y_) * np.log(1 - pc))
                 vals = (w @ line_loss) / w.sum(axis=1)
@@ -194,7 +230,7 @@ def bootstrap_intervals(
             out[f"diff.{key}.{m}.lo"], out[f"diff.{key}.{m}.hi"] = (
                 float(v) for v in np.quantile(d, [alpha, 1 - alpha])
             )
-            out[f"diff.{key}.{m}.p_better"] = float(np.mean(d < 0))
+            out[f"diff.{key}.{m}.p_better"] = float(np.mean(d > 0 if m in HIGHER_IS_BETTER else d < 0))
     return out
 
 

@@ -112,4 +112,47 @@ def test_bad_bootstrap_arguments_are_refused():
     with pytest.raises(ValueError, match="reference"):
         bootstrap_intervals(y, {"blind": p}, customers)
     with pytest.raises(ValueError, match="bootstrap metrics"):
-        bootstrap_intervals(y, {"model": p}, customers, metrics=("roc_auc",))
+        bootstrap_intervals(y, {"model": p}, customers, metrics=("brier",))
+
+
+def test_resampled_roc_auc_and_pr_auc_equal_sklearn_with_sample_weights():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from models.evaluation import RANK_CHUNK, _weighted_rank_metrics
+
+    rng = np.random.default_rng(4)
+    n = 3000
+    p = np.round(rng.random(n), 2)  # many ties: thresholds are the distinct scores
+    y = (rng.random(n) < p).astype(np.float64)
+    customers = rng.integers(0, 400, n)
+    w = cluster_bootstrap_weights(customers, RANK_CHUNK + 5, seed=1)  # > one block; zero weights included
+    assert (w == 0).any()
+    auc, ap = _weighted_rank_metrics(y, p, w)
+    for b in range(len(w)):
+        assert auc[b] == pytest.approx(roc_auc_score(y, p, sample_weight=w[b]), abs=1e-12)
+        assert ap[b] == pytest.approx(average_precision_score(y, p, sample_weight=w[b]), abs=1e-12)
+
+
+def test_intervals_of_ranking_metrics_are_paired_and_higher_is_better():
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y, p, customers = _scored()
+    rng = np.random.default_rng(2)
+    blurred = np.clip(p + rng.normal(0, 0.15, len(p)), 1e-4, 0.9999)  # ranks worse
+    r = bootstrap_intervals(
+        y, {"model": p, "blurred": blurred, "copy": p.copy()}, customers, n_boot=60, seed=0,
+        metrics=("roc_auc", "pr_auc"),
+    )  # fmt: skip
+    assert r["model.roc_auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    assert r["blurred.pr_auc"] == pytest.approx(average_precision_score(y, blurred), abs=1e-12)
+    for m in ("roc_auc", "pr_auc"):
+        assert r[f"diff.blurred.{m}"] > 0 and r[f"diff.blurred.{m}.lo"] > 0  # the model is better
+        assert r[f"diff.blurred.{m}.p_better"] == 1.0  # higher is better for ranking metrics
+        assert r[f"diff.copy.{m}"] == r[f"diff.copy.{m}.lo"] == r[f"diff.copy.{m}.hi"] == 0
+        assert r[f"model.{m}.lo"] <= r[f"model.{m}"] <= r[f"model.{m}.hi"]
+
+
+def test_ranking_intervals_need_both_classes():
+    y, p, customers = _scored(n=200)
+    with pytest.raises(ValueError, match="both classes"):
+        bootstrap_intervals(np.zeros_like(y), {"model": p}, customers, metrics=("roc_auc",))
