@@ -109,7 +109,7 @@ _FORESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def compiled_forest(booster: Any) -> Any:
     """The booster's trees as a `models.treeeval.Forest` (built once per booster), or None when they
-    cannot be compiled (multiclass, linear trees, or not a LightGBM booster)."""
+    cannot be compiled (multiclass, linear trees, not a LightGBM booster, numba not installed)."""
     if not hasattr(booster, "dump_model"):
         return None
     try:
@@ -117,8 +117,10 @@ def compiled_forest(booster: Any) -> Any:
     except TypeError:  # not weak-referenceable: build each time
         hit = None
     if hit is None:
-        from models.treeeval import build_forest
-
+        try:
+            from models.treeeval import build_forest
+        except ImportError:  # numba missing (e.g. a minimal MLflow serving environment): the booster
+            return None
         hit = (build_forest(booster),)
         with contextlib.suppress(TypeError):
             _FORESTS[booster] = hit

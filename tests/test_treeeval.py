@@ -126,3 +126,23 @@ def test_constant_trees_and_unsupported_models():
     assert E.build_forest(multi) is None
     linear = lgb.train(dict(objective="binary", verbose=-1, linear_tree=True), lgb.Dataset(X, y), 3)
     assert E.build_forest(linear) is None
+
+
+def test_return_model_uses_the_compiled_trees_and_falls_back_to_the_booster(monkeypatch):
+    import pandas as pd
+
+    from models import artifact
+    from models.calibration import Calibrator
+
+    X, y = _data()
+    booster = _train(X, y, num_leaves=15, max_depth=5)
+    names = [f"f{i}" for i in range(6)]
+    model = artifact.ReturnModel(booster, names, {}, Calibrator("platt", a=1.0, b=0.0))
+    df = pd.DataFrame(_hard_rows(), columns=names)
+    assert artifact.compiled_forest(booster) is artifact.compiled_forest(booster)  # built once
+    fast = model.predict_raw(df)
+    np.testing.assert_allclose(fast, booster.predict(df.to_numpy(), raw_score=True), atol=1e-12)
+    monkeypatch.setattr(artifact, "compiled_forest", lambda b: None)  # e.g. numba not installed
+    np.testing.assert_allclose(model.predict_raw(df), fast, atol=1e-12)
+    monkeypatch.undo()
+    assert artifact.compiled_forest(object()) is None
