@@ -4,9 +4,13 @@ Every model feature belongs to exactly one reason (`REASONS[code].features`) or 
 `GENERIC_FALLBACK` (deliberately rendered as "<description>: <value>"); `tests/test_reasons.py` fails when
 a feature of `features.registry.FEATURES` is in neither, so a new feature cannot ship without a decision.
 
-Templates are vectorised: a renderer receives `Lines` (the rows of the feature frame whose reason slot
-chose this reason) and returns one sentence per row, built with numpy string operations, never a
-per-line Python f-string loop (1M lines render in seconds).
+Templates are vectorised: a renderer receives `Lines` (the rows of the feature frame whose reason chose
+this reason) and returns one sentence per row as a `Text`: integer codes into a table of distinct strings.
+Values repeat a lot (a few hundred distinct counts, percentages, categories), so each formatter formats a
+distinct value once, `cat` builds each distinct combination of its parts once and `choose` only moves
+codes; strings are gathered per line once, when `render_reasons` hands the sentences out. The sentences
+are those of the earlier per-value formatting, byte for byte (tests/test_reasons.py renders every reason
+line by line and checks every formatter against Python's own f-strings).
 """
 
 from __future__ import annotations
@@ -22,6 +26,66 @@ NO_REASON = "Nothing about this line raises its return risk above the average li
 GENERIC_PREFIX = "feature:"
 
 
+def _objects(values) -> np.ndarray:
+    """A 1-D object array of `values` (strings stay whole, never split into characters)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = list(values)
+    return out
+
+
+class Text:
+    """One string per line, stored as integer `codes` into `vocab` (distinct strings, unused ones allowed).
+
+    Array-like: `to_array()` / `np.asarray(text)` / `tolist()` give the strings per line.
+    """
+
+    __slots__ = ("codes", "vocab")
+
+    def __init__(self, codes: np.ndarray, vocab) -> None:
+        self.codes = np.asarray(codes, dtype=np.intp)
+        self.vocab = vocab if isinstance(vocab, np.ndarray) and vocab.dtype == object else _objects(vocab)
+
+    @classmethod
+    def const(cls, s: str, n: int) -> Text:
+        return cls(np.zeros(n, dtype=np.intp), _objects([s]))
+
+    @classmethod
+    def of(cls, values) -> Text:
+        """Codes of an array of strings (each distinct value once)."""
+        if isinstance(values, Text):
+            return values
+        codes, uniq = pd.factorize(np.asarray(values, dtype=object), use_na_sentinel=False)
+        return cls(codes, _objects(uniq))
+
+    def __len__(self) -> int:
+        return len(self.codes)
+
+    def to_array(self) -> np.ndarray:
+        return self.vocab[self.codes] if len(self.vocab) else np.empty(len(self.codes), dtype=object)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        arr = self.to_array()
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __iter__(self):
+        return iter(self.to_array())
+
+    def tolist(self) -> list:
+        return self.to_array().tolist()
+
+    def eq(self, s: str) -> np.ndarray:
+        """Per line: is the string `s`? (compared once per distinct string)."""
+        if not len(self.vocab):
+            return np.zeros(len(self.codes), dtype=bool)
+        return np.asarray(self.vocab == s, dtype=bool)[self.codes]
+
+    def ne(self, s: str) -> np.ndarray:
+        return ~self.eq(s)
+
+
+Part = Text | np.ndarray | str
+
+
 class Lines:
     """The rows `rows` of a feature frame, with column access as numpy arrays (cached per frame)."""
 
@@ -29,7 +93,7 @@ class Lines:
         self,
         frame: pd.DataFrame,
         rows: np.ndarray,
-        cache: dict[str, np.ndarray] | None = None,
+        cache: dict[str, object] | None = None,
         contrib: np.ndarray | None = None,
         features: list[str] | None = None,
     ):
@@ -44,29 +108,38 @@ class Lines:
     def has(self, name: str) -> bool:
         return name in self.frame.columns
 
-    def _full(self, name: str, kind: str) -> np.ndarray:
-        key = f"{kind}:{name}"
+    def _num_full(self, name: str) -> np.ndarray:
+        key = f"num:{name}"
         if key not in self._cache:
             s = self.frame[name]
-            if kind == "num":
-                if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
-                    arr = s.astype("Float64").to_numpy(dtype=np.float64, na_value=np.nan)
-                else:
-                    arr = (
-                        pd.to_numeric(s, errors="coerce")
-                        .astype("Float64")
-                        .to_numpy(np.float64, na_value=np.nan)
-                    )
+            if not (pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s)):
+                s = pd.to_numeric(s, errors="coerce")
+            # numpy and nullable numbers alike, NA -> NaN, without a Float64 copy on the way
+            self._cache[key] = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        return self._cache[key]  # type: ignore[return-value]
+
+    def _text_full(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, distinct strings) of a column: str() of each value, 'unknown' where missing."""
+        key = f"text:{name}"
+        if key not in self._cache:
+            s = self.frame[name]
+            if isinstance(s.dtype, pd.CategoricalDtype):  # convert the categories, not every line
+                cats = pd.Series(s.cat.categories).astype("string").fillna("unknown").to_numpy(dtype=object)
+                codes = s.cat.codes.to_numpy().astype(np.intp)
+                codes[codes < 0] = len(cats)
+                vocab = _objects([*cats, "unknown"])
             else:
                 arr = s.astype("string").fillna("unknown").to_numpy(dtype=object)
-            self._cache[key] = arr
-        return self._cache[key]
+                codes, uniq = pd.factorize(arr, use_na_sentinel=False)
+                vocab = _objects(uniq)
+            self._cache[key] = (np.asarray(codes, dtype=np.intp), vocab)
+        return self._cache[key]  # type: ignore[return-value]
 
     def num(self, name: str) -> np.ndarray:
         """Column as float64 (NaN where missing or where the frame lacks the column)."""
         if not self.has(name):
             return np.full(len(self), np.nan)
-        return self._full(name, "num")[self.rows]
+        return self._num_full(name)[self.rows]
 
     def contrib(self, name: str) -> np.ndarray:
         """The feature's SHAP value (log-odds) on these rows; 0 when unknown (not a model feature)."""
@@ -87,80 +160,165 @@ class Lines:
             np.array(keys, dtype=object)[np.argmax(sums, axis=1)] if len(self) else np.empty(0, dtype=object)
         )
 
-    def text(self, name: str, missing: str = "unknown") -> np.ndarray:
-        """Column as an object array of str ('unknown' where missing or absent)."""
+    def text(self, name: str, missing: str = "unknown") -> Text:
+        """Column as text ('unknown' where missing; `missing` on every line when the frame lacks it)."""
         if not self.has(name):
-            return np.full(len(self), missing, dtype=object)
-        return self._full(name, "text")[self.rows]
+            return Text.const(missing, len(self))
+        codes, vocab = self._text_full(name)
+        return Text(codes[self.rows], vocab)
 
 
 # ---------------------------------------------------------------- vectorised formatting helpers
-def cat(*parts: np.ndarray | str) -> np.ndarray:
-    """Element-wise string concatenation of object arrays and constants."""
-    return reduce(np.add, [p if isinstance(p, str) else np.asarray(p, dtype=object) for p in parts])
+_DENSE_MIN = 1 << 16
 
 
-def _map_unique(x: np.ndarray, fn: Callable[[float], str]) -> np.ndarray:
-    """Apply a scalar formatter once per distinct value (values repeat a lot), then gather."""
-    x = np.asarray(x, dtype=np.float64)
-    if len(x) == 0:
-        return np.empty(0, dtype=object)
-    uniq, inv = np.unique(x, return_inverse=True)  # NaNs collapse in numpy >= 1.21
-    return np.array([fn(v) for v in uniq], dtype=object)[inv.reshape(-1)]
+def _compact(key: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes 0..u-1, the u distinct keys) of integer keys in [0, size): a bitmap when small, else a hash."""
+    if size <= max(4 * len(key), _DENSE_MIN):
+        seen = np.zeros(size, dtype=bool)
+        seen[key] = True
+        uniq = np.flatnonzero(seen)
+        remap = np.zeros(size, dtype=np.intp)
+        remap[uniq] = np.arange(len(uniq))
+        return remap[key], uniq
+    codes, uniq = pd.factorize(key)
+    return np.asarray(codes, dtype=np.intp), np.asarray(uniq, dtype=np.int64)
 
 
-def fmt_int(x: np.ndarray, missing: str = "?") -> np.ndarray:
-    """Rounded integers with thousands separators: 2300.4 -> '2,300'."""
-    return _map_unique(x, lambda v: missing if np.isnan(v) else f"{round(v):,}")
+def _as_text(part: Part, n: int) -> Text:
+    if isinstance(part, Text):
+        return part
+    if isinstance(part, str):
+        return Text.const(part, n)
+    return Text.of(part)
 
 
-def fmt_round(x: np.ndarray, to: int, missing: str = "?") -> np.ndarray:
+def _length(parts) -> int | None:
+    for p in parts:
+        if not isinstance(p, str):
+            return len(p)
+    return None
+
+
+_KEY_LIMIT = 1 << 62
+
+
+def cat(*parts: Part) -> Text | str:
+    """Element-wise string concatenation of texts, string arrays and constants.
+
+    Each distinct combination of the parts' codes is joined once (mixed-radix key, then compacted).
+    """
+    n = _length(parts)
+    if n is None:
+        return "".join(parts)  # type: ignore[arg-type]
+    texts = [(i, _as_text(p, n)) for i, p in enumerate(parts) if not isinstance(p, str)]
+    key, size = np.zeros(n, dtype=np.int64), 1
+    for j, (i, t) in enumerate(texts):
+        m = max(len(t.vocab), 1)
+        if j > 1 and size * m >= _KEY_LIMIT:  # too many combinations for one key: join the prefix first
+            return cat(cat(*parts[:i]), *parts[i:])
+        key = key * m + t.codes
+        size *= m
+    codes, uniq = _compact(key, size)
+    pieces: list[np.ndarray | str] = list(parts)  # type: ignore[arg-type]
+    for i, t in reversed(texts):
+        m = max(len(t.vocab), 1)
+        pieces[i] = t.vocab[uniq % m] if len(t.vocab) else _objects([""] * len(uniq))
+        uniq = uniq // m
+    if len(codes) == 0:
+        return Text(codes, _objects([]))
+    return Text(codes, reduce(np.add, pieces))
+
+
+def _format_keys(key: np.ndarray, fn: Callable[[float], str], missing: str) -> Text:
+    """Format each distinct float key once (NaN -> `missing`); codes gather them per line."""
+    codes, uniq = pd.factorize(key, use_na_sentinel=True)
+    codes = np.asarray(codes, dtype=np.intp)
+    codes[codes < 0] = len(uniq)
+    return Text(codes, _objects([*(fn(v) for v in uniq.tolist()), missing]))
+
+
+def _float(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def fmt_int(x: np.ndarray, missing: str = "?") -> Text:
+    """Rounded integers with thousands separators: 2300.4 -> '2,300' (half to even, as round())."""
+    return _format_keys(np.rint(_float(x)), lambda v: f"{int(v):,}", missing)
+
+
+def fmt_round(x: np.ndarray, to: int, missing: str = "?") -> Text:
     """Integers rounded to a multiple of `to` (distances to 100 km): 2,347 -> '2,300'."""
-    return _map_unique(x, lambda v: missing if np.isnan(v) else f"{round(v / to) * to:,}")
+    return _format_keys(np.rint(_float(x) / to), lambda v: f"{int(v) * to:,}", missing)
 
 
-def fmt_num(x: np.ndarray, decimals: int = 1, missing: str = "?") -> np.ndarray:
-    return _map_unique(x, lambda v: missing if np.isnan(v) else f"{v:,.{decimals}f}")
+def fmt_num(x: np.ndarray, decimals: int = 1, missing: str = "?") -> Text:
+    """'1,234.5': each distinct float (by its bits, so -0.0 stays '-0.0') formatted once."""
+    x = _float(x)
+    nan = np.isnan(x)
+    bits = np.ascontiguousarray(x).view(np.int64).copy()
+    bits[nan] = 0
+    codes, uniq = pd.factorize(bits)
+    codes = np.asarray(codes, dtype=np.intp)
+    codes[nan] = len(uniq)
+    values = np.asarray(uniq, dtype=np.int64).view(np.float64).tolist()
+    return Text(codes, _objects([*(f"{v:,.{decimals}f}" for v in values), missing]))
 
 
-def fmt_pct(x: np.ndarray, missing: str = "?") -> np.ndarray:
+def fmt_pct(x: np.ndarray, missing: str = "?") -> Text:
     """A share 0..1 as a whole percentage: 0.234 -> '23%'."""
-    return _map_unique(x, lambda v: missing if np.isnan(v) else f"{round(100 * v)}%")
+    return _format_keys(np.rint(100 * _float(x)), lambda v: f"{int(v)}%", missing)
 
 
 _WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
-def fmt_count_word(x: np.ndarray) -> np.ndarray:
+def _count_word(v: float) -> str:
+    a = abs(int(v))
+    return _WORDS[a] if a < 10 else f"{a}"
+
+
+def fmt_count_word(x: np.ndarray) -> Text:
     """Small counts as words (one..nine), larger as digits."""
-    return _map_unique(
-        x,
-        lambda v: (
-            "?" if np.isnan(v) else (_WORDS[int(abs(round(v)))] if abs(round(v)) < 10 else f"{abs(round(v))}")
-        ),
-    )
+    return _format_keys(np.rint(_float(x)), _count_word, "?")
 
 
-def plural(x: np.ndarray, one: str, many: str) -> np.ndarray:
-    return np.where(np.asarray(x) == 1, one, many).astype(object)
+def plural(x: np.ndarray, one: str, many: str) -> Text:
+    return Text(np.where(np.asarray(x) == 1, 0, 1), _objects([one, many]))
 
 
-def times(x: np.ndarray) -> np.ndarray:
+def times(x: np.ndarray) -> Text:
     """'once', 'twice', '4 times'."""
-    return _map_unique(
-        x, lambda v: "?" if np.isnan(v) else {1: "once", 2: "twice"}.get(int(round(v)), f"{round(v):,} times")
+    return _format_keys(
+        np.rint(_float(x)), lambda v: {1: "once", 2: "twice"}.get(int(v), f"{int(v):,} times"), "?"
     )
 
 
-def choose(conditions: list[np.ndarray], choices: list[np.ndarray], default: np.ndarray) -> np.ndarray:
-    """np.select for object arrays: the first true condition's sentence, else `default`."""
-    out = np.asarray(default, dtype=object).copy()
-    done = np.zeros(len(out), dtype=bool)
+def choose(conditions: list[np.ndarray], choices: list[Part], default: Part) -> Text:
+    """np.select for texts: the first true condition's sentence, else `default` (codes only move)."""
+    n = _length([default, *choices])
+    if n is None:
+        n = len(conditions[0]) if conditions else 0
+    first = _as_text(default, n)
+    codes, vocabs, off = first.codes.copy(), [first.vocab], len(first.vocab)
+    done = np.zeros(n, dtype=bool)
     for cond, choice in zip(conditions, choices, strict=True):
         take = np.asarray(cond, dtype=bool) & ~done
-        out[take] = np.asarray(choice, dtype=object)[take]
+        if take.any():
+            t = _as_text(choice, n)
+            codes[take] = t.codes[take] + off
+            vocabs.append(t.vocab)
+            off += len(t.vocab)
         done |= take
-    return out
+    if len(vocabs) == 1:
+        return Text(codes, first.vocab)
+    codes, used = _compact(codes, off)
+    return Text(codes, np.concatenate(vocabs)[used])
+
+
+def either(cond: np.ndarray, yes: Part, no: Part) -> Text:
+    """np.where for texts."""
+    return choose([cond], [yes], no)
 
 
 # ---------------------------------------------------------------- the reasons
@@ -172,13 +330,13 @@ class Reason:
     title: str
     family: str
     features: tuple[str, ...]
-    render: Callable[[Lines], np.ndarray]
+    render: Callable[[Lines], Text]
 
 
-def _generic(feature: str) -> Callable[[Lines], np.ndarray]:
+def _generic(feature: str) -> Callable[[Lines], Text]:
     """The deliberate fallback: '<description>: <value>' (description from the feature registry)."""
 
-    def render(lines: Lines) -> np.ndarray:
+    def render(lines: Lines) -> Text:
         label = feature_description(feature)
         try:
             vals = lines.num(feature)
@@ -186,7 +344,7 @@ def _generic(feature: str) -> Callable[[Lines], np.ndarray]:
         except (TypeError, ValueError):
             is_num = False
         shown = fmt_num(vals, 2) if is_num else lines.text(feature)
-        return cat(label, ": ", shown)
+        return cat(label, ": ", shown)  # type: ignore[return-value]
 
     return render
 
@@ -219,8 +377,8 @@ def reason_of(feature: str) -> str:
     return _REASON_OF.get(feature, GENERIC_PREFIX + feature)
 
 
-def render(code: str, lines: Lines) -> np.ndarray:
-    """Sentences for `lines` under reason `code`."""
+def render(code: str, lines: Lines) -> Text:
+    """Sentences for `lines` under reason `code` (a `Text`: `.tolist()` / `np.asarray` give the strings)."""
     if code in REASONS:
         return REASONS[code].render(lines)
     if code.startswith(GENERIC_PREFIX):
@@ -237,25 +395,34 @@ def render_reasons(
 ) -> list[np.ndarray]:
     """One object array of sentences per reason slot; slot 1 of a line without reasons gets NO_REASON.
 
-    Each (slot, reason) pair renders once over all the lines that chose it (vectorised). `frame` rows
-    align with `idx` rows (positional); `contrib`/`features` let templates see per-feature SHAP values.
+    Each reason renders once over all the lines that chose it in any slot (a line's sentence depends on
+    the line only), as codes; one gather per slot makes the strings. `frame` rows align with `idx` rows
+    (positional); `contrib`/`features` let templates see per-feature SHAP values.
     """
     n, k = idx.shape
-    cache: dict[str, np.ndarray] = {}
-    out = []
-    for j in range(k):
-        col = np.full(n, None, dtype=object)
-        slot = idx[:, j]
-        order = np.argsort(slot, kind="stable")
-        bounds = np.searchsorted(slot[order], np.arange(-1, len(codes) + 1))
-        for c in range(len(codes)):
-            rows = order[bounds[c + 1] : bounds[c + 2]]
-            if len(rows):
-                col[rows] = render(codes[c], Lines(frame, rows, cache, contrib, features))
-        if j == 0:
-            col[slot < 0] = NO_REASON
-        out.append(col)
-    return out
+    if k == 0:
+        return []
+    cache: dict[str, object] = {}
+    flat = idx.reshape(-1)  # position p = line * k + slot
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(len(codes) + 1))
+    all_codes = np.zeros(n * k, dtype=np.intp)  # 0: None
+    all_codes[0::k][idx[:, 0] < 0] = 1  # 1: NO_REASON in slot 1
+    vocabs: list[np.ndarray] = [_objects([None, NO_REASON])]
+    off = 2
+    for c in range(len(codes)):
+        pos = order[bounds[c] : bounds[c + 1]]
+        if not len(pos):
+            continue
+        text = render(codes[c], Lines(frame, pos // k, cache, contrib, features))
+        if not isinstance(text, Text):  # a renderer that returns plain strings
+            text = Text(np.arange(len(pos)), _objects(np.asarray(text, dtype=object)))
+        all_codes[pos] = text.codes + off
+        vocabs.append(text.vocab)
+        off += len(text.vocab)
+    vocab = np.concatenate(vocabs)
+    out = vocab[all_codes.reshape(n, k).T]  # k x n: each slot contiguous
+    return [out[j] for j in range(k)]
 
 
 # ---------------------------------------------------------------- templates, one per reason
@@ -269,7 +436,7 @@ _RETURN_MIX = {
 }
 
 
-def _customer_returns(lines: Lines) -> np.ndarray:
+def _customer_returns(lines: Lines) -> Text:
     """'This customer returned 7 of their last 9 items' (resolved earlier lines only); when one kind of
     return drove the score: 'This customer returned 12% of their 25 earlier items as damaged or not as described'."""
     res, ret = lines.num("cust_resolved_lines"), lines.num("cust_returns")
@@ -303,9 +470,7 @@ def _customer_returns(lines: Lines) -> np.ndarray:
     return choose(
         [~(res > 0), *mix_conds, days < 31],
         [
-            np.full(
-                len(lines), "This customer has no earlier purchase whose outcome is known yet", dtype=object
-            ),
+            "This customer has no earlier purchase whose outcome is known yet",
             *mix_sentences,
             recent,
         ],
@@ -313,7 +478,7 @@ def _customer_returns(lines: Lines) -> np.ndarray:
     )
 
 
-def _product_returns(lines: Lines) -> np.ndarray:
+def _product_returns(lines: Lines) -> Text:
     """'This product is returned 31% of the time so far (120 sold)'."""
     res, rate = lines.num("product_resolved_lines"), lines.num("product_return_rate")
     sold = cat("This product is returned ", fmt_pct(rate), " of the time so far (", fmt_int(res), " sold)")
@@ -321,7 +486,7 @@ def _product_returns(lines: Lines) -> np.ndarray:
     return choose([res < 20], [new], sold)
 
 
-def _category(lines: Lines) -> np.ndarray:
+def _category(lines: Lines) -> Text:
     """'This customer returns 45% of their dresses (6 earlier)' / 'Dresses are often returned'."""
     name = lines.text("category")
     n, rate = lines.num("cust_category_lines"), lines.num("cust_category_return_rate")
@@ -373,7 +538,7 @@ register(
 )
 
 
-def _price(lines: Lines) -> np.ndarray:
+def _price(lines: Lines) -> Text:
     """The price part that drove the score: discount, price vs the category, or the order's value."""
     part = lines.strongest(
         {
@@ -397,19 +562,17 @@ def _price(lines: Lines) -> np.ndarray:
     )
 
 
-def _shipping(lines: Lines) -> np.ndarray:
+def _shipping(lines: Lines) -> Text:
     """'Ships 2,300 km across a border (DE -> ES)' (countries when the frame carries them)."""
     km, border = lines.num("ship_distance_km"), lines.num("cross_border")
     src, dst = lines.text("warehouse_country", ""), lines.text("ship_country", "")
-    route = np.where((src != "") & (dst != ""), cat(" (", src, " -> ", dst, ")"), "").astype(object)
+    route = either(src.ne("") & dst.ne(""), cat(" (", src, " -> ", dst, ")"), "")
     across = cat("Ships ", fmt_round(km, 100), " km across a border", route)
     home = cat("Ships ", fmt_round(km, 100), " km", route)
-    return choose(
-        [border >= 1, km >= 0], [across, home], np.full(len(lines), "Long or unknown shipping route", object)
-    )
+    return choose([border >= 1, km >= 0], [across, home], "Long or unknown shipping route")
 
 
-def _late_deliveries(lines: Lines) -> np.ndarray:
+def _late_deliveries(lines: Lines) -> Text:
     """'40% of this customer's earlier deliveries were late (6.5 days on average)'."""
     share, days = lines.num("cust_late_delivery_share"), lines.num("cust_mean_delivery_days")
     late = cat(
@@ -418,13 +581,11 @@ def _late_deliveries(lines: Lines) -> np.ndarray:
         fmt_num(days, 1),
         " days on average)",
     )
-    none = np.full(
-        len(lines), "No earlier delivery of this customer to judge delivery times by", dtype=object
-    )
+    none = "No earlier delivery of this customer to judge delivery times by"
     return choose([share >= 0], [late], none)
 
 
-def _reviews(lines: Lines) -> np.ndarray:
+def _reviews(lines: Lines) -> Text:
     """'Reviews of this product mention fit problems (12 of 30)' / negative reviews / low rating."""
     part = lines.strongest(
         {
@@ -490,29 +651,34 @@ register(
 )
 
 
-def _size_label(size_type: np.ndarray, rank: np.ndarray) -> np.ndarray:
+def _size_label(size_type: Text, rank: np.ndarray) -> Text:
     """Size label of a rank on its size type's scale ('' when unknown)."""
     from pipeline.contract import SIZE_SCALES
 
-    out = np.full(len(rank), "", dtype=object)
+    codes = np.zeros(len(rank), dtype=np.intp)
+    vocab, off = [""], 1
     for st, scale in SIZE_SCALES.items():
-        m = (size_type == st) & (rank >= 0) & (rank < len(scale))
-        out[m] = np.array(scale, dtype=object)[rank[m].astype(int)]
-    return out
+        m = size_type.eq(st) & (rank >= 0) & (rank < len(scale))
+        codes[m] = off + rank[m].astype(int)
+        vocab += scale
+        off += len(scale)
+    return Text(codes, _objects(vocab))
 
 
-def _size_rank(size_type: np.ndarray, size: np.ndarray) -> np.ndarray:
+def _size_rank(size_type: Text, size: Text) -> np.ndarray:
+    """Position of the size on its size type's scale (NaN when not on it); looked up once per label."""
     from pipeline.contract import SIZE_SCALES
 
     out = np.full(len(size), np.nan)
     for st, scale in SIZE_SCALES.items():
         pos = {label: i for i, label in enumerate(scale)}
-        m = size_type == st
-        out[m] = [pos.get(v, np.nan) for v in size[m]]
+        m = size_type.eq(st)
+        ranks = np.array([pos.get(v, np.nan) for v in size.vocab], dtype=np.float64)
+        out[m] = ranks[size.codes[m]]
     return out
 
 
-def _size(lines: Lines) -> np.ndarray:
+def _size(lines: Lines) -> Text:
     """'Size L is one larger than the M this customer kept' / never kept this size / product runs small.
 
     Size labels need the optional context columns `size` and `size_type` (the explain stage joins them);
@@ -531,9 +697,9 @@ def _size(lines: Lines) -> np.ndarray:
     n_kept, tend = lines.num("n_items_kept_sized"), lines.num("product_size_tendency")
     size, size_type = lines.text("size", ""), lines.text("size_type", "")
     kept_label = _size_label(size_type, _size_rank(size_type, size) - d)
-    known = (size != "") & (kept_label != "")
+    known = size.ne("") & kept_label.ne("")
     word = fmt_count_word(d)
-    larger = np.where(d > 0, " larger", " smaller").astype(object)
+    larger = either(d > 0, " larger", " smaller")
     kept = cat(" (", fmt_int(n_kept), plural(n_kept, " item", " items"), " of this size type kept)")
     labelled = cat(
         "Size ", size, " is ", word, larger, " than the ", kept_label, " this customer usually keeps", kept
@@ -548,13 +714,13 @@ def _size(lines: Lines) -> np.ndarray:
     )
     never = cat(
         "This customer has never kept ",
-        np.where(size != "", cat("size ", size), "this size").astype(object),
+        either(size.ne(""), cat("size ", size), "this size"),
         kept,
     )
-    first = np.full(len(lines), "This customer has not kept an item of this size type before", dtype=object)
+    first = "This customer has not kept an item of this size type before"
     runs = cat(
         "This product runs ",
-        np.where(tend > 0, "small", "large").astype(object),
+        either(tend > 0, "small", "large"),
         " (earlier returns and reviews)",
     )
     dist = (part == "distance") & (np.abs(d) >= 1)
@@ -565,9 +731,9 @@ def _size(lines: Lines) -> np.ndarray:
         " (from ", fmt_int(n_ord), plural(n_ord, " earlier order", " earlier orders"), " and returns)"
     )
     too = cat(
-        np.where(size != "", cat("Size ", size), "The ordered size").astype(object),
+        either(size.ne(""), cat("Size ", size), "The ordered size"),
         " is probably too ",
-        np.where(p_small >= p_large, "small", "large").astype(object),
+        either(p_small >= p_large, "small", "large"),
         " for this customer (",
         fmt_pct(np.maximum(p_small, p_large)),
         " likely)",
@@ -577,7 +743,7 @@ def _size(lines: Lines) -> np.ndarray:
         "This customer's size is uncertain: ",
         fmt_pct(p_fit),
         " likely that ",
-        np.where(size != "", cat("size ", size), "this size").astype(object),
+        either(size.ne(""), cat("size ", size), "this size"),
         " fits",
         evidence,
     )
@@ -626,18 +792,18 @@ register(
 )
 
 
-def _bracketing(lines: Lines) -> np.ndarray:
+def _bracketing(lines: Lines) -> Text:
     """'Ordered in 3 sizes in the same order (size bracketing)'."""
     sizes, colors = lines.num("same_product_sizes"), lines.num("same_product_colors")
     n = lines.num("same_product_lines")
     by_size = cat("Ordered in ", fmt_int(sizes), " sizes in the same order (size bracketing)")
     by_colour = cat("Ordered in ", fmt_int(colors), " colours in the same order (colour bracketing)")
     dup = cat(fmt_int(n), " lines of this same product in the order")
-    single = np.full(len(lines), "The only line of this product in the order", dtype=object)
+    single = "The only line of this product in the order"
     return choose([sizes > 1, colors > 1, n > 1], [by_size, by_colour, dup], single)
 
 
-def _basket(lines: Lines) -> np.ndarray:
+def _basket(lines: Lines) -> Text:
     """'Part of a 9-line order, 4 of them in the same category' / '3 units of this item'."""
     part = lines.strongest(
         {"units": ("quantity",), "order": ("basket_lines", "basket_units", "same_category_lines")}
@@ -648,14 +814,14 @@ def _basket(lines: Lines) -> np.ndarray:
     return choose([(part == "units") & (q > 1)], [units], order)
 
 
-def _customer_profile(lines: Lines) -> np.ndarray:
+def _customer_profile(lines: Lines) -> Text:
     """'First order of a new customer' / 'Customer for 40 days with 2 earlier orders (1.5 a month)'."""
     tenure, prior, rate = (
         lines.num("cust_tenure_days"),
         lines.num("cust_prior_orders"),
         lines.num("cust_orders_per_30d"),
     )
-    first = np.full(len(lines), "First order of a new customer", dtype=object)
+    first = "First order of a new customer"
     profile = cat(
         "Customer for ",
         fmt_int(tenure),
@@ -673,13 +839,10 @@ def _customer_profile(lines: Lines) -> np.ndarray:
 _PAYMENT_WORDS = {"cod": "cash on delivery", "gift_card": "gift card", "paypal": "PayPal"}
 
 
-def _checkout(lines: Lines) -> np.ndarray:
+def _checkout(lines: Lines) -> Text:
     """'Ordered via marketplace, paid by cash on delivery'."""
     pay = lines.text("payment_method")
-    uniq, inv = np.unique(pay.astype(str), return_inverse=True)
-    words = np.array([_PAYMENT_WORDS.get(u, u.replace("_", " ")) for u in uniq], dtype=object)[
-        inv.reshape(-1)
-    ]
+    words = Text(pay.codes, [_PAYMENT_WORDS.get(u, u.replace("_", " ")) for u in pay.vocab])
     return cat("Ordered via ", lines.text("channel"), ", paid by ", words)
 
 
