@@ -152,13 +152,17 @@ class Lines:
 
         Lets one reason pick the sentence for the part of it that actually drove the score.
         """
-        keys = list(groups)
-        sums = np.column_stack(
-            [sum((self.contrib(f) for f in groups[key]), np.zeros(len(self))) for key in keys]
-        )
-        return (
-            np.array(keys, dtype=object)[np.argmax(sums, axis=1)] if len(self) else np.empty(0, dtype=object)
-        )
+        keys, n = list(groups), len(self)
+        if not n:
+            return np.empty(0, dtype=object)
+        sums = np.zeros((n, len(keys)))
+        for j, key in enumerate(keys):  # each group summed in its feature order (unknown features: 0)
+            acc = np.zeros(n)
+            for f in groups[key]:
+                if self._contrib is not None and f in self._col:
+                    acc = acc + self.contrib(f)
+            sums[:, j] = acc
+        return np.array(keys, dtype=object)[np.argmax(sums, axis=1)]
 
     def text(self, name: str, missing: str = "unknown") -> Text:
         """Column as text ('unknown' where missing; `missing` on every line when the frame lacks it)."""
@@ -316,6 +320,12 @@ def choose(conditions: list[np.ndarray], choices: list[Part], default: Part) -> 
     return Text(codes, np.concatenate(vocabs)[used])
 
 
+def only(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`x` where `mask`, else NaN: a formatter then formats only the values of lines that can show them
+    (the other lines take another sentence), so fewer distinct values and combinations are built."""
+    return np.where(mask, x, np.nan)
+
+
 def either(cond: np.ndarray, yes: Part, no: Part) -> Text:
     """np.where for texts."""
     return choose([cond], [yes], no)
@@ -334,13 +344,17 @@ class Reason:
 
 
 def _generic(feature: str) -> Callable[[Lines], Text]:
-    """The deliberate fallback: '<description>: <value>' (description from the feature registry)."""
+    """The deliberate fallback: '<description>: <value>' (description from the feature registry).
+
+    Numbers when the column holds any number (in the whole frame, so a line's sentence does not depend on
+    which other lines share its batch), else its text.
+    """
 
     def render(lines: Lines) -> Text:
         label = feature_description(feature)
         try:
             vals = lines.num(feature)
-            is_num = not np.all(np.isnan(vals)) or not lines.has(feature)
+            is_num = not lines.has(feature) or not np.all(np.isnan(lines._num_full(feature)))
         except (TypeError, ValueError):
             is_num = False
         shown = fmt_num(vals, 2) if is_num else lines.text(feature)
@@ -404,7 +418,8 @@ def render_reasons(
         return []
     cache: dict[str, object] = {}
     flat = idx.reshape(-1)  # position p = line * k + slot
-    order = np.argsort(flat, kind="stable")
+    # small integer codes sort by radix (linear) when stable
+    order = np.argsort(flat.astype(np.int16) if len(codes) < 32_000 else flat, kind="stable")
     bounds = np.searchsorted(flat[order], np.arange(len(codes) + 1))
     all_codes = np.zeros(n * k, dtype=np.intp)  # 0: None
     all_codes[0::k][idx[:, 0] < 0] = 1  # 1: NO_REASON in slot 1
@@ -451,9 +466,9 @@ def _customer_returns(lines: Lines) -> Text:
         mix_sentences.append(
             cat(
                 "This customer returned ",
-                fmt_pct(rate),
+                fmt_pct(only(rate, mix_conds[-1])),
                 " of their ",
-                fmt_int(res),
+                fmt_int(only(res, mix_conds[-1])),
                 plural(res, " earlier item", " earlier items"),
                 " ",
                 words,
@@ -549,12 +564,13 @@ def _price(lines: Lines) -> Text:
     )
     disc, ratio = lines.num("discount"), lines.num("price_vs_category_median")
     price, basket = lines.num("unit_price"), lines.num("basket_value")
-    discount = cat("Bought at a ", fmt_pct(disc), " discount")
-    dear = cat("Priced ", fmt_num(ratio, 1), "x the category's typical price (", fmt_num(price, 2), ")")
-    cheap = cat("Low price for its category (", fmt_num(price, 2), ", ", fmt_num(ratio, 1), "x typical)")
-    usual = cat("Priced ", fmt_num(price, 2), ", about the category's typical price")
-    order = cat("Part of an order worth ", fmt_int(basket))
     level = part == "level"
+    discount = cat("Bought at a ", fmt_pct(disc), " discount")
+    shown_ratio, shown_price = fmt_num(only(ratio, level), 1), fmt_num(only(price, level), 2)
+    dear = cat("Priced ", shown_ratio, "x the category's typical price (", shown_price, ")")
+    cheap = cat("Low price for its category (", shown_price, ", ", shown_ratio, "x typical)")
+    usual = cat("Priced ", shown_price, ", about the category's typical price")
+    order = cat("Part of an order worth ", fmt_int(only(basket, ~level)))
     return choose(
         [(part == "discount") & (disc > 0), level & (ratio >= 1.15), level & (ratio <= 0.85), level],
         [discount, dear, cheap, usual],
@@ -567,8 +583,9 @@ def _shipping(lines: Lines) -> Text:
     km, border = lines.num("ship_distance_km"), lines.num("cross_border")
     src, dst = lines.text("warehouse_country", ""), lines.text("ship_country", "")
     route = either(src.ne("") & dst.ne(""), cat(" (", src, " -> ", dst, ")"), "")
-    across = cat("Ships ", fmt_round(km, 100), " km across a border", route)
-    home = cat("Ships ", fmt_round(km, 100), " km", route)
+    shown_km = fmt_round(km, 100)
+    across = cat("Ships ", shown_km, " km across a border", route)
+    home = cat("Ships ", shown_km, " km", route)
     return choose([border >= 1, km >= 0], [across, home], "Long or unknown shipping route")
 
 

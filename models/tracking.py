@@ -24,6 +24,7 @@ EXPERIMENT = "returnrisk"
 PYFUNC_FILE = Path(__file__).with_name("pyfunc.py")
 PIP_REQUIREMENTS = [
     "lightgbm==4.7.0",
+    "numba==0.68.1",  # the compiled predict path (models/treeeval.py); without it the booster predicts
     "numpy==2.4.6",
     "pandas==3.1.1",
     "scikit-learn==1.9.1",
