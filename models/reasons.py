@@ -9,8 +9,8 @@ this reason) and returns one sentence per row as a `Text`: integer codes into a 
 Values repeat a lot (a few hundred distinct counts, percentages, categories), so each formatter formats a
 distinct value once, `cat` builds each distinct combination of its parts once and `choose` only moves
 codes; strings are gathered per line once, when `render_reasons` hands the sentences out. The sentences
-are those of the earlier per-value formatting, byte for byte (tests/test_reasons.py renders every reason
-line by line and checks every formatter against Python's own f-strings).
+are those of the earlier per-value formatting, byte for byte (tests/test_reasons_render.py renders every
+reason line by line and checks every formatter against Python's own f-strings).
 """
 
 from __future__ import annotations
