@@ -37,8 +37,8 @@ COLUMNS = (("roc_auc", "ROC AUC", True), ("pr_auc", "PR AUC", True), ("log_loss"
            ("ece", "ECE", False))  # fmt: skip
 
 
-def run_pipeline(params: dict[str, Any], work: Path, say) -> dict[str, float]:
-    """ingest (data.source) -> validate -> featurize -> train into `work`; returns wall seconds per stage."""
+def run_pipeline(params: dict[str, Any], work: Path, say, *, train: bool = True) -> dict[str, float]:
+    """ingest (data.source) -> validate -> featurize [-> train] into `work`; returns wall seconds per stage."""
     from pipeline.cli import app
     from pipeline.commands.featurize import run_featurize
     from pipeline.commands.ingest import ingest_from_params
@@ -61,6 +61,8 @@ def run_pipeline(params: dict[str, Any], work: Path, say) -> dict[str, float]:
     say("featurize")
     run_featurize(work / "validated", work / "features", work / "metrics" / "featurize.json", params)
     seconds["featurize"] = time.perf_counter() - t
+    if not train:
+        return seconds
     t = time.perf_counter()
     say("train (model, customer-blind model, logistic regression)")
     run_train(work / "features", work / "model", params, log_mlflow=False, progress=say)

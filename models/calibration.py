@@ -9,13 +9,16 @@ saved model never needs a pickle:
 - blend: the mean of the Platt and isotonic probabilities (the smooth map steadies isotonic's steps);
 - identity: p = sigmoid(raw), an uncalibrated model.
 Fits accept line weights (e.g. recency weights: `recency_weights`), so the later validation days can
-count more when the data drifts.
+count more when the data drifts. Any map may carry a log-odds `shift` (calibration-in-the-large): the
+validation window's base rate shrunk toward the long-run rate (`shift_toward_rate`), because one short
+window's rate is a noisy guess of the next window's. `backtest` scores such choices on rolling origins
+before the test window (benchmarks/calibration_backtest.py builds the folds).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +51,7 @@ class Calibrator:
     (exactly what scikit-learn's IsotonicRegression(out_of_bounds="clip") predicts).
     method "blend": weight * parts[0] + (1 - weight) * parts[1] (Platt and isotonic).
     method "identity": p = sigmoid(raw) (an uncalibrated model).
+    shift (any method): p' = sigmoid(logit(p) + shift), a base-rate correction after the map (0 = none).
     """
 
     method: str
@@ -58,6 +62,7 @@ class Calibrator:
     c: float = 0.0
     weight: float = 0.5
     parts: tuple[Calibrator, ...] = ()
+    shift: float = 0.0
 
     def _apply(self, raw: np.ndarray) -> np.ndarray:
         if self.method == "platt":
@@ -77,9 +82,22 @@ class Calibrator:
     def apply(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, dtype=np.float64)
         # Keep probabilities strictly inside (0, 1): a calibrated 0 or 1 makes log loss infinite.
-        return np.clip(self._apply(raw), EPS, 1.0 - EPS)
+        p = np.clip(self._apply(raw), EPS, 1.0 - EPS)
+        if self.shift != 0.0:
+            p = np.clip(_sigmoid(np.log(p) - np.log1p(-p) + self.shift), EPS, 1.0 - EPS)
+        return p
+
+    def with_shift(self, shift: float) -> Calibrator:
+        """The same map with a log-odds shift (replacing any earlier one)."""
+        return replace(self, shift=float(shift))
 
     def to_json(self) -> dict[str, Any]:
+        out = self._map_json()
+        if self.shift != 0.0:  # absent when 0: models saved before the shift existed read back unchanged
+            out["shift"] = self.shift
+        return out
+
+    def _map_json(self) -> dict[str, Any]:
         if self.method == "isotonic":
             return {"method": "isotonic", "x": list(self.x), "y": list(self.y)}
         if self.method == "platt":
@@ -92,6 +110,14 @@ class Calibrator:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Calibrator:
+        shift = float(obj.get("shift", 0.0))
+        if not np.isfinite(shift):
+            raise ValueError(f"calibration shift must be a finite number; got {obj.get('shift')!r}")
+        cal = cls._map_from_json(obj)
+        return cal if shift == 0.0 else cal.with_shift(shift)
+
+    @classmethod
+    def _map_from_json(cls, obj: Mapping[str, Any]) -> Calibrator:
         method = obj.get("method")
         if method == "isotonic":
             x, y = tuple(float(v) for v in obj["x"]), tuple(float(v) for v in obj["y"])
@@ -290,8 +316,55 @@ def choose_and_fit(
     return fit_calibrator(method, raw, y, weights), scores
 
 
+def _logit(p: float) -> float:
+    p = min(max(float(p), EPS), 1.0 - EPS)
+    return float(np.log(p) - np.log1p(-p))
+
+
+def shift_toward_rate(
+    calibrator: Calibrator,
+    raw: np.ndarray,
+    y: np.ndarray,
+    long_run_rate: float,
+    shrinkage: float,
+    weights: np.ndarray | None = None,
+) -> Calibrator:
+    """Shrink the calibration window's base rate toward the long-run rate, in log-odds.
+
+    Target rate = sigmoid((1 - shrinkage) * logit(window rate) + shrinkage * logit(long-run rate)); the
+    returned map is `calibrator` plus the log-odds shift that makes its mean prediction on the window's
+    lines equal that target. 0 keeps the window's intercept (what the map learned); 1 moves it all the way
+    to the long-run rate. The window's rate is one short sample of a rate that moves from window to
+    window (season, noise); when those moves do not persist, the next window is closer to the long-run
+    rate. How much to shrink is chosen by `backtest`, on data before the test window.
+    """
+    from scipy.optimize import brentq
+
+    if not 0.0 <= shrinkage <= 1.0:
+        raise ValueError(f"train.calibration_rate_shrinkage must be in [0, 1]; got {shrinkage}")
+    if shrinkage == 0.0:
+        return calibrator
+    if not 0.0 < long_run_rate < 1.0:
+        raise ValueError(f"the long-run return rate must be in (0, 1); got {long_run_rate}")
+    raw, y, w = _prepare(raw, y, weights)
+    window_rate = float(np.average(y, weights=w))
+    target = float(
+        _sigmoid(np.asarray((1 - shrinkage) * _logit(window_rate) + shrinkage * _logit(long_run_rate)))
+    )
+    p = calibrator.with_shift(0.0).apply(raw)
+    z = np.log(p) - np.log1p(-p)
+    shift = brentq(lambda d: float(np.average(_sigmoid(z + d), weights=w)) - target, -30.0, 30.0, xtol=1e-10)
+    return calibrator.with_shift(shift)
+
+
 def fit_from_config(
-    raw: np.ndarray, y: np.ndarray, ts: Any, cfg: Mapping[str, Any], seed: int
+    raw: np.ndarray,
+    y: np.ndarray,
+    ts: Any,
+    cfg: Mapping[str, Any],
+    seed: int,
+    *,
+    long_run_rate: float | None = None,
 ) -> tuple[Calibrator, dict[str, float | str]]:
     """The training code's calibration step, from params.yaml `train:` keys (calibration*).
 
@@ -300,11 +373,22 @@ def fit_from_config(
     run summary: the method and the cross-fitted log loss / ECE of each candidate.
     The ECE in the selection uses `calibration_ece_bins` bins: the train command sets it from
     params.yaml `evaluate.ece_bins`, so the calibrator is chosen by the ECE the evaluate stage reports.
+    `calibration_rate_shrinkage` > 0 shifts the fitted map toward `long_run_rate` (the return rate of
+    all mature history before the test window: the training code passes it), see `shift_toward_rate`.
     """
     half_life = cfg.get("calibration_half_life_days")
+    shrinkage = cfg.get("calibration_rate_shrinkage", 0.0)
+    shrinkage = 0.0 if shrinkage is None else shrinkage
+    if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) or not 0 <= shrinkage <= 1:
+        raise ValueError(f"train.calibration_rate_shrinkage must be a number in [0, 1]; got {shrinkage!r}")
+    if shrinkage > 0 and long_run_rate is None:
+        raise ValueError(
+            "train.calibration_rate_shrinkage > 0 needs the long-run return rate; none was given"
+        )
     ece_bins = cfg.get("calibration_ece_bins", DEFAULT_ECE_BINS)
     if isinstance(ece_bins, bool) or not isinstance(ece_bins, int) or ece_bins < 1:
         raise ValueError(f"train.calibration_ece_bins must be an integer >= 1; got {ece_bins!r}")
+    weights = recency_weights(ts, None if half_life is None else float(half_life))
     calibrator, scores = choose_and_fit(
         raw,
         y,
@@ -313,11 +397,132 @@ def fit_from_config(
         seed=seed,
         candidates=tuple(cfg.get("calibration_candidates", ("platt", "isotonic"))),
         select=str(cfg.get("calibration_select", "logloss")),
-        weights=recency_weights(ts, None if half_life is None else float(half_life)),
+        weights=weights,
         ece_bins=ece_bins,
     )
     info: dict[str, float | str] = {"calibration": calibrator.method}
+    if shrinkage > 0:
+        calibrator = shift_toward_rate(calibrator, raw, y, float(long_run_rate), float(shrinkage), weights)
+        info["calibration_shift"] = calibrator.shift
+        info["calibration_window_rate"] = float(np.average(np.asarray(y, dtype=np.float64), weights=weights))
+        info["calibration_long_run_rate"] = float(long_run_rate)
     for k, v in scores.items():
         method, _, metric = k.partition(".")
         info[f"calibration_cv_{metric or 'logloss'}_{method}"] = v
     return calibrator, info
+
+
+# ---------------------------------------------------------------- rolling-origin backtest
+def backtest_splits(
+    order_ts: Any,
+    mature: Any,
+    cfg: Mapping[str, Any],
+    folds: int,
+    step_days: int,
+    min_train_days: int,
+) -> list[tuple[str, Any]]:
+    """(name, split Series) per origin, newest first: the window after the calibration window ("test")
+    ends `step_days` before the previous origin's, the newest at the real test window's start, so no
+    origin reads the test window. Window lengths from `cfg["split"]` (train.split); an origin needs
+    `min_train_days` of history before its calibration window ("val")."""
+    import pandas as pd
+
+    from models.train import SplitConfig, window_bounds
+
+    split_cfg = SplitConfig.from_params(cfg.get("split", {}))
+    mature = mature.fillna(False).astype(bool)
+    b = window_bounds(order_ts, mature, split_cfg)
+    ts = pd.to_datetime(order_ts)
+    first = ts.min().normalize()
+    out = []
+    for k in range(folds):
+        next_end = b["test_start"] - pd.Timedelta(days=k * step_days)
+        next_start = next_end - pd.Timedelta(days=split_cfg.test_days)
+        cal_start = next_start - pd.Timedelta(days=split_cfg.val_days)
+        if (cal_start - first).days < min_train_days:
+            break
+        train_start = (
+            first if split_cfg.train_days is None else cal_start - pd.Timedelta(days=split_cfg.train_days)
+        )
+        s = pd.Series("", index=order_ts.index, dtype=object)
+        s[mature & (ts >= train_start) & (ts < cal_start)] = "train"
+        s[mature & (ts >= cal_start) & (ts < next_start)] = "val"
+        s[mature & (ts >= next_start) & (ts < next_end)] = "test"
+        out.append((f"next{next_start.date()}", s))
+    if not out:
+        raise ValueError(f"no backtest fold has {min_train_days} training days before its calibration window")
+    return out
+
+
+@dataclass(frozen=True)
+class BacktestFold:
+    """One origin: the booster's raw scores on its calibration window and on the window after it.
+
+    `long_run_rate` is the return rate of all mature lines before the next window (what training at
+    that origin would know). Built from data before the test window only (benchmarks/calibration_backtest.py).
+    """
+
+    name: str
+    raw_cal: np.ndarray
+    y_cal: np.ndarray
+    raw_next: np.ndarray
+    y_next: np.ndarray
+    long_run_rate: float
+    ts_cal: Any = None
+
+
+def backtest(
+    folds: Sequence[BacktestFold],
+    configs: Mapping[str, Mapping[str, Any]],
+    base_cfg: Mapping[str, Any],
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Score each calibration config on each fold's next window (fit on calibration, score on next).
+
+    A config is a set of `train.calibration*` overrides of `base_cfg`, fitted through `fit_from_config`
+    exactly as training fits it. Rows: config, fold, log_loss, ece, mean prediction and observed rate.
+    """
+    if not folds or not configs:
+        raise ValueError("backtest needs at least one fold and one config")
+    bins = int(base_cfg.get("calibration_ece_bins", DEFAULT_ECE_BINS))
+    rows: list[dict[str, Any]] = []
+    for label, overrides in configs.items():
+        cfg = {**base_cfg, **overrides}
+        for f in folds:
+            cal, _ = fit_from_config(f.raw_cal, f.y_cal, f.ts_cal, cfg, seed, long_run_rate=f.long_run_rate)
+            p = cal.apply(f.raw_next)
+            y = np.asarray(f.y_next, dtype=np.float64)
+            rows.append(
+                {
+                    "config": label,
+                    "fold": f.name,
+                    "log_loss": _log_loss(y, p),
+                    "ece": _ece(y, p, bins),
+                    "mean_pred": float(p.mean()),
+                    "rate": float(y.mean()),
+                    "method": cal.method,
+                    "shift": cal.shift,
+                }
+            )
+    return rows
+
+
+def backtest_choice(
+    rows: Sequence[Mapping[str, Any]], select: str = "logloss+ece"
+) -> tuple[str, dict[str, float]]:
+    """The config with the lowest mean criterion over folds (ties: the first listed), and every mean.
+
+    Same criteria as `select_method`: "logloss" or "logloss+ece" (both per line, lower is better).
+    """
+    if select not in SELECT:
+        raise ValueError(f"backtest selection {select!r} is not one of {SELECT}")
+    order: list[str] = []
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        if r["config"] not in sums:
+            order.append(r["config"])
+            sums[r["config"]] = []
+        sums[r["config"]].append(r["log_loss"] + (r["ece"] if select == "logloss+ece" else 0.0))
+    means = {c: float(np.mean(v)) for c, v in sums.items()}
+    best = min(order, key=lambda c: (means[c], order.index(c)))
+    return best, means

@@ -198,6 +198,14 @@ def fit_booster(
     return final, info
 
 
+def long_run_rate(frame: pd.DataFrame, split: pd.Series) -> float:
+    """Return rate of every training and validation line: the history a calibrator may shrink toward."""
+    known = split.isin(["train", "val"]).to_numpy()
+    if not known.any():
+        raise ValueError("no training or validation lines: no long-run return rate")
+    return float(frame.loc[known, LABEL].to_numpy(dtype=np.float64).mean())
+
+
 @dataclass
 class ModelFit:
     model: ReturnModel
@@ -242,7 +250,9 @@ def train_return_model(
     raw_val = np.asarray(booster.predict(X_val, raw_score=True), dtype=np.float64)
     # Calibration on the validation window only (params train.calibration*; models/calibration.py).
     ts_val = frame.loc[va, TS] if TS in frame.columns else None  # only recency weights read it
-    calibrator, cal_info = fit_from_config(raw_val, y_val, ts_val, cfg, seed)
+    calibrator, cal_info = fit_from_config(
+        raw_val, y_val, ts_val, cfg, seed, long_run_rate=long_run_rate(frame, split)
+    )
     info.update(cal_info)
     model = ReturnModel(
         booster=booster,
@@ -384,7 +394,12 @@ def train_all(
     logreg_raw = logreg.decision_function(logreg_frame(rows, specs))
     on_val = (split[ev] == "val").to_numpy()
     logreg_cal, logreg_cal_info = fit_from_config(
-        logreg_raw[on_val], preds[LABEL].to_numpy()[on_val], rows.loc[on_val, TS], cfg, seed
+        logreg_raw[on_val],
+        preds[LABEL].to_numpy()[on_val],
+        rows.loc[on_val, TS],
+        cfg,
+        seed,
+        long_run_rate=long_run_rate(frame, split),
     )
     preds["p_logreg"] = logreg_cal.apply(logreg_raw)
     preds["p_rate"] = train_rate
