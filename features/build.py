@@ -7,9 +7,10 @@ deliveries, earlier orders) always come from everything given, and every feature
 strictly before its order's timestamp, so a batch order gets exactly the row it would get had it been
 in the history (tests/test_features_parity.py).
 
-Assembly aliases used by the feature expressions: `l` (ln: the line), `s` (sx: every stream's running
-columns for the line, plus the size family's derived columns), `pop` (population rate of the order's day),
-and the family tables (cm, sh, bo, bp, bc, o = the order, cu = the customer).
+Assembly aliases used by the feature expressions: `l` (ln: the line), `s` (sx0: every stream's running
+columns for the line, plus the per-line columns families add with numpy: the size family's order
+statistics and posterior, the basket counts), `pop` (population rate of the order's day), and the family
+tables (cm, sh, o = the order, cu = the customer).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ KEYS = ("line_id", "order_id", "customer_id", "product_id", "order_ts")
 LABELS = ("returned", "label_mature")
 
 BASE_JOINS = [
-    "LEFT JOIN sx s ON s.qi = l.qi",
+    "LEFT JOIN sx0 s ON s.qi = l.qi",
     "LEFT JOIN pop ON pop.d = date_trunc('day', l.order_ts)",
 ]
 
@@ -92,7 +93,7 @@ def assembly_sql(
 ) -> str:
     """The final SELECT: keys, every registry feature (all-null when its inputs are missing), labels.
 
-    Default: over `ln`, stream results joined by qi, rows sorted by qi. `ordered_targets` (the
+    Default: over `ln`, stream results (`sx0`) joined by qi, rows sorted by qi. `ordered_targets` (the
     full-history path, `assembled_chunks`, and the batch path): over `lt` (the target lines) with no
     ORDER BY, the stream results joined by `stream_join` (default: `sxt` by qi; when given, the
     line's qi is added as column `_qi`).
@@ -137,13 +138,10 @@ def _order_targets(ctx: Context) -> None:
     ctx.sql("CREATE OR REPLACE TEMP TABLE lt AS SELECT * FROM ln WHERE is_target ORDER BY qi")
     for table in ("ln", "ret", "rv", "review_text"):
         ctx.sql(f"DROP TABLE IF EXISTS {table}")
-    # scan streams: sx0 is Arrow arrays indexed by qi (already in order); window streams: a joined table
-    order = "" if ctx.params.stream_method == "scan" else " ORDER BY qi"
-    ctx.sql(f"CREATE OR REPLACE TEMP TABLE sxt AS SELECT * FROM sx{order}")
-    ctx.sql("DROP VIEW IF EXISTS sx")
-    if ctx.params.stream_method == "scan":
-        ctx.con.unregister("sx0")
-        ctx.arrow.pop("sx0", None)
+    # sx0: Arrow arrays indexed by qi (already in order), whichever stream method made them
+    ctx.sql("CREATE OR REPLACE TEMP TABLE sxt AS SELECT * FROM sx0")
+    ctx.con.unregister("sx0")
+    ctx.arrow.pop("sx0", None)
 
 
 def _in_qi_order(order_ts: Any, line_id: Any) -> bool:
@@ -182,29 +180,19 @@ def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
     order by `stage`, so its zone maps skip the other row groups) and the per-order tables
     (`ORDER_TABLES` of the families, plus `ord`) only over the chunk's order_ts range, so every hash
     table and buffer is a chunk's worth. Scan streams stay in Arrow: each chunk registers its slice of
-    `sx0` (zero-copy) under the `sx` view. The joins return rows in no particular order; each chunk is
+    `sx0` (zero-copy). The joins return rows in no particular order; each chunk is
     put in qi order by its qi (a permutation, no sort).
     """
-    sx0 = ctx.arrow.get("sx0")
+    sx0 = ctx.arrow["sx0"]
     for table in ("ret", "rv", "review_text"):  # read by the streams only
         ctx.sql(f"DROP TABLE IF EXISTS {table}")
-    if sx0 is None:  # window streams: sx0 is a DuckDB table
-        ctx.sql("CREATE OR REPLACE TEMP TABLE sxt AS SELECT * FROM sx")
-    sql = assembly_sql(
-        ctx,
-        cutoff,
-        ordered_targets=True,
-        stream_join=f"LEFT JOIN {'sx' if sx0 is not None else 'sxt'} s ON s.qi = l.qi",
-    )
+    sql = assembly_sql(ctx, cutoff, ordered_targets=True, stream_join="LEFT JOIN sx0 s ON s.qi = l.qi")
     tables = ["ord", *(t for m in registry.FAMILY_MODULES for t in getattr(m, "ORDER_TABLES", []))]
     for a, b, lo, hi in _chunk_bounds(ctx):
         ctes = [f"lt AS (SELECT * FROM temp.main.ln WHERE is_target AND qi >= {a} AND qi < {b})"]
         between = f"order_ts BETWEEN TIMESTAMP {quote(lo)} AND TIMESTAMP {quote(hi)}"
         ctes += [f"{t} AS (SELECT * FROM temp.main.{t} WHERE {between})" for t in tables]
-        if sx0 is None:
-            ctes.append(f"sxt AS (SELECT * FROM temp.main.sxt WHERE qi >= {a} AND qi < {b})")
-        else:
-            ctx.con.register("sx0", sx0.slice(a, b - a))
+        ctx.con.register("sx0", sx0.slice(a, b - a))
         table = ctx.con.sql(f"WITH {', '.join(ctes)}\n{sql}").to_arrow_table()
         qi = table.column(_QI).to_numpy()
         if len(qi) != b - a:
@@ -212,8 +200,7 @@ def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
         order = np.empty(b - a, np.int64)
         order[qi - a] = np.arange(b - a)
         yield table.drop_columns([_QI]).take(order)
-    if sx0 is not None:
-        ctx.con.register("sx0", sx0)
+    ctx.con.register("sx0", sx0)
 
 
 def _report(ctx: Context) -> dict[str, Any]:

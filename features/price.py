@@ -82,6 +82,6 @@ FEATURES = [
         "numeric",
         "Total value of the order (sum of quantity x unit price over its lines).",
         False,
-        "bo.basket_value",
+        "s.b_value",
     ),
 ]

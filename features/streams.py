@@ -25,6 +25,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -236,8 +237,47 @@ def build_streams(
         ctx.con.register("sx0", ctx.arrow["sx0"])
     else:
         joins = " ".join(f"LEFT JOIN {t} USING (qi)" for t in stream_tables)
-        ctx.sql(
-            f"CREATE OR REPLACE TEMP TABLE sx0 AS SELECT q.qi, {', '.join(names)} "
-            f"FROM (SELECT qi FROM ln WHERE is_target) q {joins}"
-        )
+        ctx.arrow["sx0"] = ctx.con.sql(
+            f"SELECT q.qi, {', '.join(names)} FROM (SELECT qi FROM ln WHERE is_target) q {joins} ORDER BY q.qi"
+        ).to_arrow_table()
+        for t in stream_tables:
+            ctx.sql(f"DROP TABLE IF EXISTS {t}")
+        ctx.con.register("sx0", ctx.arrow["sx0"])
     return "sx0"
+
+
+def line_values(ctx: Context, exprs: Mapping[str, str]) -> pa.Table:
+    """Columns (name -> SQL over `ln`) of the target lines, one row per line in qi order.
+
+    `ln` is stored in qi order, so the rows usually come back in order; otherwise they are put in order by
+    their qi (a permutation, no sort).
+    """
+    cols = ", ".join(f"{e} AS {n}" for n, e in exprs.items())
+    t = ctx.con.sql(f"SELECT qi, {cols} FROM ln WHERE is_target").to_arrow_table()
+    n = int(ctx.counts.get("target_lines", 0))
+    qi = t.column("qi").to_numpy().astype(np.int64, copy=False)
+    if len(qi) != n:
+        raise RuntimeError(f"line_values: {len(qi)} target lines, expected {n}")
+    if n and not (qi[0] == 0 and (np.diff(qi) == 1).all()):
+        order = np.empty(n, np.int64)
+        order[qi] = np.arange(n)
+        t = t.take(order)
+    return t.drop_columns(["qi"])
+
+
+def add_line_columns(ctx: Context, columns: Mapping[str, Any], drop: Sequence[str] = ()) -> None:
+    """Append per-line columns (aligned with qi) to the stream table `sx0` (the assembly's `s`), minus `drop`.
+
+    Families whose per-line values are plain array work (e.g. the basket counts, the size family's order
+    statistics) compute them with numpy and join the assembly positionally through `sx0` instead of by
+    a SQL join or a per-line CASE chain.
+    """
+    sx0 = ctx.arrow["sx0"]
+    sx0 = sx0.drop_columns([c for c in drop if c in sx0.column_names])
+    for name, values in columns.items():
+        arr = values if isinstance(values, pa.Array | pa.ChunkedArray) else pa.array(values, from_pandas=True)
+        if len(arr) != sx0.num_rows:
+            raise ValueError(f"line column {name}: {len(arr)} values for {sx0.num_rows} target lines")
+        sx0 = sx0.append_column(name, arr)
+    ctx.arrow["sx0"] = sx0
+    ctx.con.register("sx0", sx0)
