@@ -256,6 +256,29 @@ def fill_views(X, lo, hi, src, cat, nan, zero, bits_start, bits_end, bits, V):
             V[r - lo, v] = x
 
 
+@nb.njit(cache=True, inline="always")
+def fill_views_t(X, lo, hi, src, cat, nan, zero, bits_start, bits_end, bits, VT):
+    """VT[v, r - lo] = view v of row r (the same values as `models.treeeval.fill_views`, transposed:
+    a node's decisions for the block's rows are then one contiguous compare)."""
+    for v in range(src.shape[0]):
+        j = src[v]
+        for r in range(lo, hi):
+            x = X[r, j]
+            if cat[v]:
+                out_of_set = 1.0
+                if x > -1.0 and x < 2147483648.0:  # int(x) >= 0, as LightGBM's static_cast
+                    c = int(x)
+                    w = bits_start[v] + (c >> 5)
+                    if w < bits_end[v] and (bits[w] >> np.uint32(c & 31)) & np.uint32(1):
+                        out_of_set = 0.0
+                x = out_of_set
+            elif x != x:
+                x = nan[v]
+            elif abs(x) <= 1e-35:
+                x = zero[v]
+            VT[v, r - lo] = x
+
+
 def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect | None:
     """The complete-tree layout of `forest`, or None when a tree is deeper than `max_depth`."""
     depth = max((_depth(forest, int(r)) for r in forest.roots), default=0)
@@ -363,11 +386,61 @@ def _predict_perfect(X, out, depth, col, thr, leaf_value, view_src, view_cat, vi
             out[r] = acc[r - lo]
 
 
-def predict_raw(forest: Forest, X: np.ndarray, num_threads: int | None = None) -> np.ndarray:
+LANE_MAX_DEPTH = 6  # complete trees up to this depth: every node decided for the block at once (below)
+LANE_ROWS = 512  # rows per work item of the lane kernel
+
+
+@nb.njit(parallel=True, cache=True)
+def _predict_lanes(X, out, depth, col, thr, leaf_value, view_src, view_cat, view_nan, view_zero,
+                   view_bits_start, view_bits_end, bits, block):  # fmt: skip
+    """`_predict_perfect` with the block's rows as lanes: per tree, every node's decision for all rows
+    first (contiguous compares on the transposed views), then `depth` look-ups of the decisions to find
+    each row's leaf. Each row still adds its trees' leaf values in tree order from 0.0: the same bits."""
+    n = X.shape[0]
+    n_int = (1 << depth) - 1
+    n_trees = leaf_value.shape[0] >> depth
+    n_blocks = (n + block - 1) // block
+    for b in nb.prange(n_blocks):
+        lo = b * block
+        hi = min(n, lo + block)
+        m = hi - lo
+        VT = np.empty((view_src.shape[0], m))
+        fill_views_t(
+            X, lo, hi, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits, VT
+        )
+        go = np.empty((n_int, m), dtype=np.int32)  # 1: the row goes left at heap node i
+        h = np.empty(m, dtype=np.int64)
+        acc = np.zeros(m)
+        for t in range(n_trees):
+            base = t * n_int
+            for i in range(n_int):
+                g = go[i]
+                v = VT[col[base + i]]
+                th = thr[base + i]
+                for r in range(m):
+                    g[r] = np.int32(v[r] <= th)
+            h[:] = 0
+            for _ in range(depth):
+                for r in range(m):
+                    h[r] = 2 * h[r] + 2 - go[h[r], r]
+            lv = t << depth
+            for r in range(m):
+                acc[r] += leaf_value[lv + h[r] - n_int]
+        for r in range(m):
+            out[lo + r] = acc[r]
+
+
+def predict_raw(
+    forest: Forest, X: np.ndarray, num_threads: int | None = None, *, kernel: str = "lanes"
+) -> np.ndarray:
     """Raw scores (log-odds) of the encoded float64 matrix X (C or Fortran order), one per row.
 
     `num_threads`: numba threads for this call (None/0: all numba threads); rows are split in blocks.
+    `kernel`: "lanes" (complete trees up to LANE_MAX_DEPTH, rows as SIMD lanes) or "rows" (row by row);
+    both give the same bits.
     """
+    if kernel not in ("lanes", "rows"):
+        raise ValueError(f"kernel must be 'lanes' or 'rows', not {kernel!r}")
     if X.ndim != 2 or X.shape[1] < forest.n_features:
         raise ValueError(
             f"expected a 2-D matrix with {forest.n_features} feature columns, got shape {X.shape}"
@@ -386,6 +459,10 @@ def predict_raw(forest: Forest, X: np.ndarray, num_threads: int | None = None) -
         if p is not None:
             bits = f.bits if len(f.bits) else np.zeros(1, dtype=np.uint32)  # the kernel always reads a word
             v = p.views
+            if p.depth <= LANE_MAX_DEPTH and kernel == "lanes":
+                _predict_lanes(X, out, p.depth, p.col, p.thr, p.leaf_value, v.src, v.cat, v.nan, v.zero,
+                               v.bits_start, v.bits_end, bits, LANE_ROWS)  # fmt: skip
+                return out
             _predict_perfect(X, out, p.depth, p.col, p.thr, p.leaf_value, v.src, v.cat, v.nan, v.zero,
                              v.bits_start, v.bits_end, bits, PERFECT_BLOCK_ROWS)  # fmt: skip
             return out

@@ -30,7 +30,7 @@ from typing import Any
 import numba as nb
 import numpy as np
 
-from models.treeeval import fill_views
+from models.treeeval import fill_views, fill_views_t
 
 MAX_DISTINCT = 10
 MAX_PATH = 12  # longer paths: LightGBM's pred_contrib (a leaf maps 2^path patterns to its table rows)
@@ -292,13 +292,78 @@ def build_tables(booster: Any, max_distinct: int = MAX_DISTINCT) -> TreeTables |
     )
 
 
-BLOCK_ROWS = 64  # rows per work item: a tree's tables stay in L1 while the block's rows use them
+BLOCK_ROWS = 64  # rows per work item of the row-by-row reference kernel
+LANE_ROWS = 512  # rows per work item of the lane kernel (128-1024 measured: 512 least CPU; views + phi in L2)
+
+
+@nb.njit(parallel=True, cache=True)
+def _kernel_lanes(X, out, col, thr, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end,
+                  bits, tree_node_start, tree_slot_start, slot_parent, slot_node, slot_side, slot_depth,
+                  tree_leaf_start, P, leaf_slot, pattern_mask, W, n_distinct, uf, tbl_start, table, block):  # fmt: skip
+    """`_kernel` with the block's rows as the inner loop of every step (rows are lanes: SIMD compares,
+    gathers and adds). Each (row, feature) sum gets its terms in the same order (tree, leaf entry, feature
+    of the entry) as in `_kernel`, so the values are the same bits."""
+    n = X.shape[0]
+    nf = out.shape[1] - 1
+    n_trees = tree_node_start.shape[0] - 1
+    n_blocks = (n + block - 1) // block
+    max_nodes = 1
+    max_slots = 1
+    for t in range(n_trees):
+        max_nodes = max(max_nodes, tree_node_start[t + 1] - tree_node_start[t])
+        max_slots = max(max_slots, tree_slot_start[t + 1] - tree_slot_start[t])
+    for b in nb.prange(n_blocks):
+        lo = b * block
+        hi = min(n, lo + block)
+        m = hi - lo
+        VT = np.empty((view_src.shape[0], m))
+        fill_views_t(
+            X, lo, hi, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits, VT
+        )
+        go = np.empty((max_nodes, m), dtype=np.int32)  # 1: the row goes left at the tree's node
+        pat = np.zeros((max_slots, m), dtype=np.int32)  # agreement pattern per slot (the root's: 0)
+        tb = np.empty(m, dtype=np.int64)
+        phi = np.zeros((nf, m))
+        for t in range(n_trees):
+            n0 = tree_node_start[t]
+            s0 = tree_slot_start[t]
+            for i in range(n0, tree_node_start[t + 1]):
+                g = go[i - n0]
+                v = VT[col[i]]
+                th = thr[i]
+                for r in range(m):
+                    g[r] = np.int32(v[r] <= th)
+            for sl in range(s0 + 1, tree_slot_start[t + 1]):
+                p_row = pat[slot_parent[sl] - s0]
+                g = go[slot_node[sl] - n0]
+                side = np.int32(slot_side[sl])
+                sh = np.int32(slot_depth[sl])
+                dst = pat[sl - s0]
+                for r in range(m):
+                    dst[r] = p_row[r] | (np.int32(g[r] == side) << sh)
+            for leaf in range(tree_leaf_start[t], tree_leaf_start[t + 1]):
+                lp = pat[leaf_slot[leaf] - s0]
+                d = n_distinct[leaf]
+                base = leaf << P
+                t0 = tbl_start[leaf]
+                for r in range(m):
+                    tb[r] = t0 + pattern_mask[base + lp[r]] * d
+                ub = leaf * W
+                for k in range(d):
+                    dst = phi[uf[ub + k]]
+                    for r in range(m):
+                        dst[r] += table[tb[r] + k]
+        for j in range(nf):
+            src = phi[j]
+            for r in range(m):
+                out[lo + r, j] = src[r]
 
 
 @nb.njit(parallel=True, cache=True)
 def _kernel(X, out, col, thr, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits,
             tree_node_start, tree_slot_start, slot_parent, slot_node, slot_side, slot_depth, tree_leaf_start, P,
             leaf_slot, pattern_mask, W, n_distinct, uf, tbl_start, table, block):  # fmt: skip
+    """The row-by-row kernel (the reference `_kernel_lanes` is tested against, bit for bit)."""
     n = X.shape[0]
     nf = out.shape[1] - 1
     n_nodes = col.shape[0]
@@ -340,21 +405,26 @@ def _kernel(X, out, col, thr, view_src, view_cat, view_nan, view_zero, view_bits
                 out[r, j] = phi[r - lo, j]
 
 
-def contributions(tables: TreeTables, X: np.ndarray) -> np.ndarray:
-    """Exact TreeSHAP values (log-odds) for the encoded matrix X: n x (features + 1), base value last."""
+def contributions(tables: TreeTables, X: np.ndarray, *, kernel: str = "lanes") -> np.ndarray:
+    """Exact TreeSHAP values (log-odds) for the encoded matrix X: n x (features + 1), base value last.
+
+    kernel "lanes" (default, rows as SIMD lanes) or "rows" (row by row): the same bits."""
     if X.dtype != np.float64 or not (X.flags.c_contiguous or X.flags.f_contiguous):
         X = np.ascontiguousarray(X, dtype=np.float64)
     if X.ndim != 2 or X.shape[1] < tables.n_features:
         raise ValueError(
             f"expected a 2-D matrix with {tables.n_features} feature columns, got shape {X.shape}"
         )
+    if kernel not in ("lanes", "rows"):
+        raise ValueError(f"kernel must be 'lanes' or 'rows', not {kernel!r}")
     out = np.zeros((X.shape[0], X.shape[1] + 1))
     t = tables
     if X.shape[0]:
         v = t.views
-        _kernel(X, out, t.col, t.thr, v.src, v.cat, v.nan, v.zero, v.bits_start, v.bits_end, t.bits,
-                t.tree_node_start, t.tree_slot_start, t.slot_parent, t.slot_node, t.slot_side, t.slot_depth,
-                t.tree_leaf_start, t.path_len, t.leaf_slot, t.pattern_mask, t.width, t.n_distinct, t.uf, t.tbl_start,
-                t.table, BLOCK_ROWS)  # fmt: skip
+        fn, block = (_kernel_lanes, LANE_ROWS) if kernel == "lanes" else (_kernel, BLOCK_ROWS)
+        fn(X, out, t.col, t.thr, v.src, v.cat, v.nan, v.zero, v.bits_start, v.bits_end, t.bits,
+           t.tree_node_start, t.tree_slot_start, t.slot_parent, t.slot_node, t.slot_side, t.slot_depth,
+           t.tree_leaf_start, t.path_len, t.leaf_slot, t.pattern_mask, t.width, t.n_distinct, t.uf, t.tbl_start,
+           t.table, block)  # fmt: skip
     out[:, -1] = t.base
     return out

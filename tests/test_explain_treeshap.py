@@ -99,3 +99,23 @@ def test_explain_uses_tables_with_identical_values():
     np.testing.assert_allclose(a, b, atol=1e-9)
     with pytest.raises(ValueError, match="not one of"):
         E.compute_contributions(m, df, method="fast")
+
+
+@pytest.mark.parametrize("params", [dict(num_leaves=15, max_depth=5), dict(num_leaves=31, max_depth=6)])
+def test_lane_kernel_gives_the_row_kernels_bits(params):
+    """The default kernel (rows as SIMD lanes) adds every term in the row kernel's order: the same bits,
+    over several blocks and a partial one, in both memory layouts."""
+    X, y = _data()
+    booster = _train(X, y, **params)
+    tables = T.build_tables(booster)
+    Xt, _ = _data(2 * T.LANE_ROWS + 77, seed=4)
+    Xt[:15, 4] = 20
+    Xt[15:25, 4] = -1
+    Xt[25:40, 1] = 1e-40
+    lanes = T.contributions(tables, Xt)
+    np.testing.assert_array_equal(lanes, T.contributions(tables, Xt, kernel="rows"))
+    np.testing.assert_array_equal(lanes, T.contributions(tables, np.asfortranarray(Xt), kernel="lanes"))
+    np.testing.assert_allclose(lanes, booster.predict(Xt, pred_contrib=True), atol=1e-9, rtol=0)
+    assert T.contributions(tables, Xt[:0]).shape == (0, Xt.shape[1] + 1)
+    with pytest.raises(ValueError, match="kernel"):
+        T.contributions(tables, Xt, kernel="simd")

@@ -146,3 +146,29 @@ def test_return_model_uses_the_compiled_trees_and_falls_back_to_the_booster(monk
     np.testing.assert_allclose(model.predict_raw(df), fast, atol=1e-12)
     monkeypatch.undo()
     assert artifact.compiled_forest(object()) is None
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(num_leaves=15, max_depth=5),
+        dict(num_leaves=15, max_depth=5, zero_as_missing=True, max_cat_to_onehot=16),
+        dict(num_leaves=31, max_depth=6, use_missing=False),
+        dict(num_leaves=7, max_depth=7),  # deeper than LANE_MAX_DEPTH: the row kernel
+    ],
+)
+def test_lane_kernel_gives_the_row_kernels_bits(params):
+    """Complete trees evaluated with rows as lanes (every node decided for the block, then the path read
+    from the decisions) add the same leaves in the same order: the row kernel's and LightGBM's bits."""
+    X, y = _data()
+    booster = _train(X, y, **params)
+    forest = E.build_forest(booster)
+    Xt = np.tile(_hard_rows(), (2, 1))[: 3 * E.LANE_ROWS + 5]  # several blocks and a partial one
+    lanes = E.predict_raw(forest, Xt)
+    np.testing.assert_array_equal(lanes, E.predict_raw(forest, Xt, kernel="rows"))
+    np.testing.assert_array_equal(lanes, E.predict_raw(forest, np.asfortranarray(Xt), num_threads=1))
+    ref = booster.predict(Xt, raw_score=True)
+    np.testing.assert_allclose(lanes, ref, atol=1e-12, rtol=0)
+    assert np.mean(lanes == ref) > 0.99
+    with pytest.raises(ValueError, match="kernel"):
+        E.predict_raw(forest, Xt, kernel="simd")
