@@ -34,11 +34,20 @@ def configs() -> dict[str, dict[str, Any]]:
         for s in SHRINKAGES
     }
     out["halflife30"] = {"calibration_rate_shrinkage": 0.0, "calibration_half_life_days": 30}
+    for method in ("platt", "beta", "blend"):  # the calibrator shape fixed instead of chosen on validation
+        out[method] = {
+            "calibration": method,
+            "calibration_rate_shrinkage": 0.0,
+            "calibration_half_life_days": None,
+        }
     return out
 
 
-def build_folds(frame, specs, cfg: dict[str, Any], seed: int, splits, scorer: str, say):
-    """One `BacktestFold` per origin: raw scores of a booster trained as training would at that origin."""
+def build_folds(frame, specs, cfg: dict[str, Any], seed: int, splits, scorer: str, say, cache: Path | None):
+    """One `BacktestFold` per origin: raw scores of a booster trained as training would at that origin.
+
+    With `cache`, each fold's scores are kept in an .npz there and reused by a later run with the same folds.
+    """
     import numpy as np
 
     from models.calibration import BacktestFold
@@ -47,6 +56,16 @@ def build_folds(frame, specs, cfg: dict[str, Any], seed: int, splits, scorer: st
     use = specs if scorer == "model" else [s for s in specs if not s.uses_customer_history]
     out = []
     for name, split in splits:
+        file = None if cache is None else cache / f"backtest_{scorer}_{name}_seed{seed}.npz"
+        if file is not None and file.is_file():
+            z = np.load(file)
+            out.append(
+                BacktestFold(
+                    name, z["raw_cal"], z["y_cal"], z["raw_next"], z["y_next"], float(z["long_run_rate"]),
+                    frame.loc[(split == "val").to_numpy(), TS],
+                )
+            )  # fmt: skip
+            continue
         say(f"{scorer} {name}: training at this origin")
         fit = train_return_model(frame, split, use, cfg, seed, name=f"backtest-{scorer}")
         va, nx = (split == "val").to_numpy(), (split == "test").to_numpy()
@@ -61,6 +80,10 @@ def build_folds(frame, specs, cfg: dict[str, Any], seed: int, splits, scorer: st
                 ts_cal=frame.loc[va, TS],
             )
         )
+        if file is not None:
+            f = out[-1]
+            np.savez(file, raw_cal=f.raw_cal, y_cal=f.y_cal, raw_next=f.raw_next, y_next=f.y_next,
+                     long_run_rate=f.long_run_rate)  # fmt: skip
     return out
 
 
@@ -68,7 +91,8 @@ def main(argv: list[str] | None = None) -> None:
     import pandas as pd
 
     from benchmarks.real_data import run_pipeline
-    from models.calibration import backtest, backtest_choice, backtest_splits
+    from models.calibration import backtest, backtest_choice, backtest_splits, fit_from_config
+    from models.evaluation import ece_noise_floor
     from models.train import LABEL, MATURE, TS, specs_from_registry
     from pipeline.commands.train import features_file, train_config
     from pipeline.config import load_params
@@ -94,6 +118,8 @@ def main(argv: list[str] | None = None) -> None:
     say = lambda m: print(f"# {m}", flush=True)  # noqa: E731
     tmp = None
     t0 = time.perf_counter()
+    if args.features is None and args.work is not None and (args.work / "features").is_dir():
+        args.features = args.work / "features"  # an earlier run's features (and fold scores) in --work
     if args.features is None:
         params["data"] = {**params.get("data", {}), "source": args.source}
         if args.source == "generated" and args.rows:
@@ -122,12 +148,19 @@ def main(argv: list[str] | None = None) -> None:
 
     splits = backtest_splits(frame[TS], frame[MATURE], cfg, args.folds, args.step_days, args.min_train_days)
     for scorer in [s.strip() for s in args.scorers.split(",") if s.strip()]:
-        folds = build_folds(frame, specs, cfg, seed, splits, scorer, say)
-        for f in folds:
+        folds = build_folds(frame, specs, cfg, seed, splits, scorer, say, feats.parent if args.work else None)
+        for (_, split), f in zip(splits, folds, strict=True):
+            # the rate baseline at this origin: its ECE is exactly |training rate - next window's rate|
+            train_rate = float(frame.loc[(split == "train").to_numpy(), LABEL].mean())
             print(
                 f"{scorer}_{f.name}_cal_rate {f.y_cal.mean():.5f} share; next_rate {f.y_next.mean():.5f}; "
-                f"long_run_rate {f.long_run_rate:.5f}"
+                f"long_run_rate {f.long_run_rate:.5f}; rate_baseline_ece {abs(train_rate - f.y_next.mean()):.5f}"
             )
+        for f in folds:  # what a perfectly calibrated scorer would show with the current rule's predictions
+            cal, _ = fit_from_config(f.raw_cal, f.y_cal, f.ts_cal, cfg, seed, long_run_rate=f.long_run_rate)
+            bins = int(cfg.get("calibration_ece_bins", 15))
+            floor = ece_noise_floor(cal.apply(f.raw_next), bins=bins, n_sim=200, seed=seed)
+            print(f"{scorer}_{f.name}_ece_floor {floor:.5f} ece (params.yaml rule, {len(f.y_next)} lines)")
         rows = backtest(folds, configs(), cfg, seed)
         for r in rows:
             print(
