@@ -399,15 +399,25 @@ def batch_session(
         con.close()
 
 
-def featurize_batch(
+def featurize_batch_table(
     state: HistoryState, batch: Mapping[str, pd.DataFrame | None], params: Any = None
-) -> pd.DataFrame:
-    """The batch's feature rows (keys + registry features, no labels) from the state: `build_features` parity."""
-    from features.build import _in_qi_order, _order_targets, assembly_sql, to_frame
+) -> pa.Table:
+    """The batch's feature rows as the engine's Arrow table, in (order_ts, line_id) order: what
+    `featurize_batch` returns before pandas (the scorer encodes it straight into the model matrix)."""
+    from features.build import _in_qi_order, _order_targets, assembly_sql
 
     with batch_session(state, batch, params) as ctx:
         _order_targets(ctx)  # the full path's assembly: targets stored in qi order, no final sort
         table = ctx.con.sql(assembly_sql(ctx, None, ordered_targets=True)).to_arrow_table()
         if not _in_qi_order(table.column("order_ts"), table.column("line_id")):
             table = table.sort_by([("order_ts", "ascending"), ("line_id", "ascending")])
-        return to_frame(table)
+        return table
+
+
+def featurize_batch(
+    state: HistoryState, batch: Mapping[str, pd.DataFrame | None], params: Any = None
+) -> pd.DataFrame:
+    """The batch's feature rows (keys + registry features, no labels) from the state: `build_features` parity."""
+    from features.build import to_frame
+
+    return to_frame(featurize_batch_table(state, batch, params))

@@ -104,6 +104,62 @@ def encode_frame(
     return X
 
 
+def _arrow_codes(column: Any, levels: Sequence[str]) -> np.ndarray:
+    """An Arrow text column -> level codes as float64 (unseen / missing -> NaN), as `encode_categorical` does
+    for the same column in pandas: its few distinct values are looked up once, then gathered by index."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    dictionary = column.dictionary
+    if not (pa.types.is_string(dictionary.type) or pa.types.is_large_string(dictionary.type)):
+        dictionary = pc.cast(dictionary, pa.string())
+    index = pd.Index(list(levels), dtype=object)
+    per_value = index.get_indexer(np.asarray(dictionary.to_pylist(), dtype=object)).astype(np.float64)
+    per_value[per_value < 0] = np.nan
+    per_value = np.append(per_value, np.nan)  # slot for missing rows
+    idx = column.indices.fill_null(len(dictionary)).to_numpy(zero_copy_only=False)
+    return per_value[idx]
+
+
+def _arrow_float(column: Any, name: str) -> np.ndarray:
+    """An Arrow numeric/bool column -> float64 with NaN for nulls (the values `encode_numeric` gives)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    typ = column.type
+    if not (pa.types.is_floating(typ) or pa.types.is_integer(typ) or pa.types.is_boolean(typ)):
+        raise FeatureFrameError(
+            f"feature column {name!r}: Arrow type {typ} is not numeric "
+            f"(rule: numeric features must be numbers or missing)"
+        )
+    if typ != pa.float64():
+        column = pc.cast(column, pa.float64())
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.to_numpy(zero_copy_only=False)  # nulls -> NaN
+
+
+def encode_table(
+    table: Any, features: Sequence[str], categorical: Mapping[str, Sequence[str]]
+) -> np.ndarray:
+    """`encode_frame(to_frame(table), ..., order="F")` straight from an Arrow table (the feature engine's
+    result): the same matrix, bit for bit (tested), without the pandas frame of every feature column."""
+    missing = [f for f in features if f not in table.column_names]
+    if missing:
+        raise FeatureFrameError(
+            f"feature table: missing feature column(s) {missing} (rule: every model feature is required)"
+        )
+    X = np.empty((table.num_rows, len(features)), dtype=np.float64, order="F")
+    for j, name in enumerate(features):
+        col = table.column(name)
+        X[:, j] = _arrow_codes(col, categorical[name]) if name in categorical else _arrow_float(col, name)
+    return X
+
+
 _FORESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -145,6 +201,10 @@ class ReturnModel:
     def encode(self, df: pd.DataFrame) -> np.ndarray:
         """The model matrix (column-major float64, see `encode_frame`)."""
         return encode_frame(df, self.features, self.categorical, order="F")
+
+    def encode_table(self, table: Any) -> np.ndarray:
+        """The model matrix of an Arrow feature table (the same as `encode` of its pandas frame)."""
+        return encode_table(table, self.features, self.categorical)
 
     def raw_from_matrix(self, X: np.ndarray) -> np.ndarray:
         """Log-odds of an encoded matrix: the booster's trees compiled (`models.treeeval`, the same numbers

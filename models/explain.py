@@ -80,8 +80,11 @@ def compute_contributions(
     progress: Callable[[int], None] | None = None,
     num_threads: int | None = None,
     method: str = "auto",
+    matrix: np.ndarray | None = None,
 ) -> np.ndarray:
     """Exact TreeSHAP contributions over `df` in batches (bounded memory); n x (f + 1), base value last.
+
+    `matrix`: `df` already encoded by the model (`model.encode(df)`, rows aligned), to skip encoding again.
 
     method "lightgbm": `model.contributions` (LightGBM pred_contrib; with `num_threads` and a model that
     exposes `booster` + `encode`, called with that thread count, 0 = all cores).
@@ -107,14 +110,20 @@ def compute_contributions(
 
         numba.set_num_threads(num_threads if num_threads else numba.config.NUMBA_NUM_THREADS)
     parts = []
+    if matrix is not None and len(matrix) != n:
+        raise ValueError(f"matrix has {len(matrix)} rows for {n} lines")
+
+    def encoded(start: int, chunk: pd.DataFrame) -> np.ndarray:
+        return encode(chunk) if matrix is None else matrix[start : start + len(chunk)]
+
     for start in range(0, n, batch_size):
         chunk = df.iloc[start : start + batch_size]
         if tables is not None:
             from models import treeshap
 
-            part = treeshap.contributions(tables, encode(chunk))
+            part = treeshap.contributions(tables, encoded(start, chunk))
         elif fast:  # the same booster call as ReturnModel.contributions, with an explicit thread count
-            part = booster.predict(encode(chunk), pred_contrib=True, num_threads=num_threads)
+            part = booster.predict(encoded(start, chunk), pred_contrib=True, num_threads=num_threads)
         else:
             part = model.contributions(chunk)
         part = np.asarray(part, dtype=np.float64)
@@ -221,12 +230,14 @@ def explain_lines(
     reason_of: Callable[[str], str] | None = None,
     method: str = "auto",
     timings: dict[str, float] | None = None,
+    matrix: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Top-k reasons toward a return for every line, as sentences with their contributions.
 
     Returns line_id, return_probability, raw_score, base_value, reason_i (sentence), reason_i_code
     (reason id), reason_i_contrib (log-odds) and reason_i_pp (percentage points) for i = 1..k.
     `timings`, when given, accumulates seconds spent in "contributions_s", "top_k_s" and "render_s".
+    `matrix`: the frame's rows already encoded by the model (the scorer's), used instead of encoding again.
     """
     names = feature_list(model)
     missing = [c for c in names if c not in features.columns]
@@ -237,8 +248,11 @@ def explain_lines(
     parts = []
     for s in range(0, len(features), batch_size):
         chunk = features.iloc[s : s + batch_size]
+        sub = None if matrix is None else matrix[s : s + batch_size]
         parts.append(
-            _explain_batch(model, chunk, names, codes, g, k, to_p, num_threads, id_column, method, timings)
+            _explain_batch(
+                model, chunk, names, codes, g, k, to_p, num_threads, id_column, method, timings, sub
+            )
         )
         if progress is not None:
             progress(len(chunk))
@@ -250,7 +264,7 @@ def explain_lines(
 
 
 def _explain_batch(
-    model, frame, names, codes, g, k, to_p, num_threads, id_column, method, timings=None
+    model, frame, names, codes, g, k, to_p, num_threads, id_column, method, timings=None, matrix=None
 ) -> pd.DataFrame:
     """One batch: contributions -> reasons -> top-k -> points -> sentences (bounded memory per batch)."""
     clock = time.perf_counter()
@@ -265,7 +279,7 @@ def _explain_batch(
     n = len(frame)
     out: dict[str, object] = {id_column: frame[id_column].to_numpy() if id_column in frame else np.arange(n)}
     contrib = compute_contributions(
-        model, frame, batch_size=max(n, 1), num_threads=num_threads, method=method
+        model, frame, batch_size=max(n, 1), num_threads=num_threads, method=method, matrix=matrix
     )
     tick("contributions_s")
     base = contrib[:, -1]

@@ -1,9 +1,11 @@
 """Batch scoring: a checkout export of new orders -> one scored row per order line (`returnrisk score`).
 
 The I/O edge around pure logic that lives elsewhere: validation (`pipeline.validation.validate_tables` with
-the history as reference), features (`features.build.build_features_for_batch`: the same SQL as the
-training features, so an order scored here gets exactly the row it has in training), the model
-(`models.artifact.ReturnModel`: calibrated probabilities), reasons (`models.explain.explain_lines`).
+the history as reference), features (`features.state.featurize_batch_table`, the batch path of
+`features.build.build_features_for_batch`: the same SQL as the training features, so an order scored here
+gets exactly the row it has in training), the model (`models.artifact.ReturnModel`: calibrated
+probabilities; the Arrow feature table is encoded straight into its matrix, no pandas frame of the
+features unless reasons need one), reasons (`models.explain.explain_lines`, on the same matrix).
 
 Why it is shaped like this:
 
@@ -568,10 +570,15 @@ def _context(
     return out
 
 
-def predict_proba(model: Any, feats: pd.DataFrame) -> np.ndarray:
+def predict_proba(model: Any, feats: pd.DataFrame | None, matrix: np.ndarray | None = None) -> np.ndarray:
     """Calibrated probabilities: `ReturnModel.predict_proba`, the one definition (column-major encoding,
-    compiled trees; the same numbers as the evaluate stage's predictions, tested)."""
-    if len(feats) == 0:
+    compiled trees; the same numbers as the evaluate stage's predictions, tested). `matrix`: the rows
+    already encoded (`ReturnModel.encode_table`), then calibrated `raw_from_matrix` (what predict_proba does)."""
+    if matrix is not None:
+        if len(matrix) == 0:
+            return np.empty(0, dtype=np.float64)
+        return np.asarray(model.calibrator.apply(model.raw_from_matrix(matrix)), dtype=np.float64)
+    if feats is None or len(feats) == 0:
         return np.empty(0, dtype=np.float64)
     return np.asarray(model.predict_proba(feats), dtype=np.float64)
 
@@ -608,8 +615,8 @@ def score_export(
     order and reused for the following chunks. Raises ScoringError / ContractError on table-level problems
     (nothing written).
     """
-    from features.build import build_features_for_batch
-    from features.state import build_state
+    from features.build import to_frame
+    from features.state import build_state, featurize_batch_table
     from models.explain import explain_lines
     from pipeline.validation import validate_tables
 
@@ -779,31 +786,33 @@ def score_export(
                 if done_orders
                 else state
             )
-            feats = build_features_for_batch(
-                None,
-                {"orders": orders_used, "order_lines": lines, **new_entities},
-                params=fparams,
-                state=chunk_state,
+            table = featurize_batch_table(
+                chunk_state, {"orders": orders_used, "order_lines": lines, **new_entities}, fparams
             )
-            pos = pd.Index(feats["line_id"]).get_indexer(lines["line_id"])
+            line_ids = table.column("line_id").to_pandas()
+            pos = pd.Index(line_ids).get_indexer(lines["line_id"])
             if (pos < 0).any():  # cannot happen: every valid line has its order and product
                 raise RuntimeError(
                     f"features missing for line {lines['line_id'].iloc[int(np.argmax(pos < 0))]!r}"
                 )
             if not np.array_equal(pos, np.arange(len(pos))):  # features come in (order_ts, line_id) order
-                feats = feats.iloc[pos].reset_index(drop=True)
+                table = table.take(pa.array(pos))
+            keys = {c: table.column(c).to_numpy() for c in ("line_id", "order_id", "customer_id")}
             tick("features_s", t0)
 
             t0 = time.perf_counter()
-            p = predict_proba(model, feats)
+            # the model matrix straight from Arrow (no pandas frame of every feature: the same matrix, tested)
+            X = model.encode_table(table) if hasattr(model, "encode_table") else None
+            feats = to_frame(table) if X is None or k else None
+            p = predict_proba(model, feats, X)
             bands = risk_bands(p, float(threshold), settings.medium_share)
-            tier, kind = abuse.lookup(feats["customer_id"])
+            tier, kind = abuse.lookup(pd.Series(keys["customer_id"]))
             tick("predict_s", t0)
             frame = pd.DataFrame(
                 {
-                    "line_id": feats["line_id"].to_numpy(),
-                    "order_id": feats["order_id"].to_numpy(),
-                    "customer_id": feats["customer_id"].to_numpy(),
+                    "line_id": keys["line_id"],
+                    "order_id": keys["order_id"],
+                    "customer_id": keys["customer_id"],
                     "return_probability": p,
                     "risk_band": bands,
                     "abuse_tier": tier,
@@ -828,6 +837,7 @@ def score_export(
                     model,
                     ctx,
                     k=k,
+                    matrix=X,
                     batch_size=int(xparams.get("batch_size", 100_000)),
                     num_threads=int(xparams.get("num_threads", 0)),
                     timings=parts,

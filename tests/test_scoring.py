@@ -325,13 +325,13 @@ def test_empty_and_zero_byte_exports_give_an_empty_output_with_header(small_proj
 
 # ------------------------------------------------------------------------------------------ atomicity
 def test_a_failing_run_leaves_the_previous_output(small_project, sample, tmp_path, monkeypatch):
-    import features.build
+    import features.state
 
     out = tmp_path / "scored.parquet"
     hist = ["--history", str(sample / "history"), "--reasons", "0"]
     assert score_cli(small_project, sample / "export", out, *hist).exit_code == 0
     before = out.read_bytes()
-    real = features.build.build_features_for_batch
+    real = features.state.featurize_batch_table  # what the scorer featurizes each chunk with
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -340,7 +340,7 @@ def test_a_failing_run_leaves_the_previous_output(small_project, sample, tmp_pat
             raise MemoryError("simulated crash in the second chunk")
         return real(*a, **k)
 
-    monkeypatch.setattr(features.build, "build_features_for_batch", flaky)
+    monkeypatch.setattr(features.state, "featurize_batch_table", flaky)
     res = score_cli(
         small_project, sample / "export", out, *hist, "--chunk-lines", "200", "--scored-at", "2031-01-01"
     )
