@@ -98,11 +98,36 @@ class ScoreSettings:
 
 
 # ---------------------------------------------------------------------------------------------- pure logic
-def risk_bands(p: np.ndarray, threshold: float, medium_share: float = 0.5) -> np.ndarray:
-    """high: p >= the cost-based threshold (intervening pays); medium: p >= medium_share x threshold; else low."""
+def risk_band_codes(p: np.ndarray, threshold: float, medium_share: float = 0.5) -> np.ndarray:
+    """Positions in RISK_BANDS (int8): high when p >= the cost-based threshold (intervening pays), medium
+    when p >= medium_share x threshold, else low."""
     p = np.asarray(p, dtype=np.float64)
-    code = (p >= medium_share * threshold).astype(np.int8) + (p >= threshold).astype(np.int8)
-    return np.asarray(RISK_BANDS, dtype=object)[code]
+    return (p >= medium_share * threshold).astype(np.int8) + (p >= threshold).astype(np.int8)
+
+
+def risk_bands(p: np.ndarray, threshold: float, medium_share: float = 0.5) -> np.ndarray:
+    """The band names of `risk_band_codes`."""
+    return np.asarray(RISK_BANDS, dtype=object)[risk_band_codes(p, threshold, medium_share)]
+
+
+def _text_column(values: Any) -> pa.Array:
+    """Text for the output table: few distinct values (bands, tiers, a model name) via a dictionary (no
+    per-row Python strings), anything else converted directly."""
+    if isinstance(values, pd.Series):
+        return pa.array(values, type=pa.string(), from_pandas=True)
+    arr = np.asarray(values, dtype=object)
+    codes, uniques = pd.factorize(arr, use_na_sentinel=True)
+    if len(uniques) <= 64:
+        dictionary = pa.array(np.asarray(uniques, dtype=object), type=pa.string())
+        idx = pa.array(codes.astype(np.int32), mask=codes < 0)
+        return pa.DictionaryArray.from_arrays(idx, dictionary).cast(pa.string())
+    return pa.array(arr, type=pa.string(), from_pandas=True)
+
+
+def _constant_text(value: str, n: int) -> pa.Array:
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int8)), pa.array([value])).cast(
+        pa.string()
+    )
 
 
 def hold_back_last_order(chunk: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -373,6 +398,17 @@ class StreamWriter:
 
             with open(self.tmp, "a", encoding="utf-8", newline="") as fh:
                 escape_formulas(df[self.schema.names]).to_csv(fh, header=False, index=False)
+
+    def write_table(self, table: pa.Table) -> None:
+        """An Arrow table with the schema's columns (cast to its types); CSV goes through `write`."""
+        if table.num_rows == 0:
+            return
+        table = table.select(self.schema.names).cast(self.schema)
+        if self._pq is None:
+            self.write(table.to_pandas())
+            return
+        self.rows += table.num_rows
+        self._pq.write_table(table)
 
     def commit(self) -> Path:
         import os
@@ -805,20 +841,18 @@ def score_export(
             X = model.encode_table(table) if hasattr(model, "encode_table") else None
             feats = to_frame(table) if X is None or k else None
             p = predict_proba(model, feats, X)
-            bands = risk_bands(p, float(threshold), settings.medium_share)
+            band_codes = risk_band_codes(p, float(threshold), settings.medium_share)
             tier, kind = abuse.lookup(pd.Series(keys["customer_id"]))
             tick("predict_s", t0)
-            frame = pd.DataFrame(
-                {
-                    "line_id": keys["line_id"],
-                    "order_id": keys["order_id"],
-                    "customer_id": keys["customer_id"],
-                    "return_probability": p,
-                    "risk_band": bands,
-                    "abuse_tier": tier,
-                    "abuse_type": kind,
-                }
-            )
+            n_rows = len(p)
+            # the output as Arrow columns (text by dictionary: no million Python strings per column)
+            cols: dict[str, Any] = {c: table.column(c) for c in ("line_id", "order_id", "customer_id")}
+            cols["return_probability"] = pa.array(p)
+            cols["risk_band"] = pa.DictionaryArray.from_arrays(
+                pa.array(band_codes), pa.array(list(RISK_BANDS))
+            ).cast(pa.string())
+            cols["abuse_tier"] = _text_column(tier)
+            cols["abuse_type"] = _text_column(kind)
             if k:
                 t0 = time.perf_counter()
                 ctx = _context(
@@ -846,18 +880,18 @@ def score_export(
                     timings[f"reasons_{name}"] = timings.get(f"reasons_{name}", 0.0) + sec
                 tick("reasons_explain_s", t1)
                 for i in range(1, k + 1):
-                    frame[f"reason_{i}"] = reasons[f"reason_{i}"].to_numpy()
+                    cols[f"reason_{i}"] = _text_column(reasons[f"reason_{i}"])
                 tick("reasons_s", t0)
-            frame["model_name"] = model_name
-            frame["model_version"] = model_version
-            frame["scored_at"] = np.full(len(frame), np.datetime64(scored_at.to_datetime64(), "us"))
+            cols["model_name"] = _constant_text(model_name, n_rows)
+            cols["model_version"] = _constant_text(model_version, n_rows)
+            cols["scored_at"] = pa.array(np.full(n_rows, np.datetime64(scored_at.to_datetime64(), "us")))
             t0 = time.perf_counter()
-            out.write(frame)
+            out.write_table(pa.table(cols))
             tick("write_s", t0)
-            result.scored += len(frame)
+            result.scored += n_rows
             sum_p += float(p.sum())
-            for b, n in zip(*np.unique(bands, return_counts=True), strict=True):
-                band_counts[str(b)] += int(n)
+            for b, n in zip(RISK_BANDS, np.bincount(band_codes, minlength=len(RISK_BANDS)), strict=True):
+                band_counts[b] += int(n)
             done_orders.append(orders_used)
             done_lines.append(lines)
             if progress is not None:
