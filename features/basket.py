@@ -10,8 +10,6 @@ signup when known, else from the customer's first earlier order (0 for a first o
 
 from __future__ import annotations
 
-from typing import Any
-
 import numba as nb
 import numpy as np
 import pyarrow as pa
@@ -22,14 +20,6 @@ from features.sql import days_between
 from features.streams import Events, Running
 
 FAMILY = "basket"
-
-
-def _codes(col: Any) -> tuple[np.ndarray, int]:
-    """Dense int64 codes of one column (NULL is a code of its own) and the code count."""
-    from features.scan import key_codes
-
-    (codes,), n = key_codes([[col]])
-    return codes.astype(np.int64), n
 
 
 @nb.njit(cache=True, nogil=True)
@@ -157,39 +147,25 @@ def finish(ctx: Context) -> None:
     and their three joins in the assembly; the values are the same (counts exact, the order value summed
     in line order instead of DuckDB's).
     """
-    from features.streams import add_line_columns, line_values
+    from features.streams import add_line_columns, line_codes
 
-    t = line_values(
+    c = line_codes(
         ctx,
-        {
-            "o": "order_id",
-            "p": "product_id",
-            "c": "category",
-            "s": "size",
-            "k": "color",
-            "q": "CAST(quantity AS DOUBLE)",
-            "u": "CAST(unit_price AS DOUBLE)",
-        },
+        {"o": "order_id", "p": "product_id", "c": "category", "s": "size", "k": "color"},
+        {"q": "quantity", "u": "unit_price"},
     )
+    counts = basket_counts(c["o"][0], c["p"][0], c["c"], c["s"], c["k"], c["q"][0], c["u"][0])
+    del c
+    add_line_columns(ctx, {k: _compact(v) for k, v in counts.items()})
 
-    def coded(name: str) -> tuple[np.ndarray, int, np.ndarray]:
-        col = t.column(name)
-        codes, n = _codes(col)
-        return codes, n, col.is_valid().to_numpy(zero_copy_only=False)
 
-    def floats(name: str) -> np.ndarray:
-        return t.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-
-    counts = basket_counts(
-        _codes(t.column("o"))[0],
-        _codes(t.column("p"))[0],
-        coded("c"),
-        coded("s"),
-        coded("k"),
-        floats("q"),
-        floats("u"),
-    )
-    add_line_columns(ctx, {c: pa.array(v, from_pandas=True) for c, v in counts.items()})
+def _compact(v: np.ndarray) -> pa.Array:
+    """Whole-number counts as int32 (NULL where NaN), other values float64: half the memory in `sx0`."""
+    nan = np.isnan(v)
+    ok = v[~nan]
+    if len(ok) and np.array_equal(ok, np.rint(ok)) and np.abs(ok).max() < 2**31:
+        return pa.array(np.where(nan, 0, v).astype(np.int32), mask=nan if nan.any() else None)
+    return pa.array(v, from_pandas=True)
 
 
 JOINS = [

@@ -16,8 +16,9 @@ tables (cm, sh, o = the order, cu = the customer).
 from __future__ import annotations
 
 import contextlib
+import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,8 @@ def _session(
         t0 = time.perf_counter()
         build_streams(ctx, runnings, events, method=p.stream_method)
         ctx.timings["streams_s"] = time.perf_counter() - t0
+        for table in ("ret", "rv", "review_text"):  # read by the streams only: memory for the finishes
+            ctx.sql(f"DROP TABLE IF EXISTS {table}")
         for module in registry.FAMILY_MODULES:
             fin = getattr(module, "finish", None)
             if fin is not None:
@@ -88,19 +91,11 @@ def _session(
         con.close()
 
 
-def assembly_sql(
-    ctx: Context, cutoff: pd.Timestamp | None, *, ordered_targets: bool = False, stream_join: str = ""
-) -> str:
-    """The final SELECT: keys, every registry feature (all-null when its inputs are missing), labels.
-
-    Default: over `ln`, stream results (`sx0`) joined by qi, rows sorted by qi. `ordered_targets` (the
-    full-history path, `assembled_chunks`, and the batch path): over `lt` (the target lines) with no
-    ORDER BY, the stream results joined by `stream_join` (default: `sxt` by qi; when given, the
-    line's qi is added as column `_qi`).
-    """
+def _select_list(ctx: Context, cutoff: pd.Timestamp | None) -> list[str]:
+    """Keys, every registry feature (all-null when its inputs are missing) and, with a cutoff, the labels."""
     values = asdict(ctx.params)
     skipped = registry.skipped(ctx.available)
-    cols = [f"l.{k}" for k in KEYS]
+    cols = [f"l.{k} AS {k}" for k in KEYS]
     for f in registry.FEATURES:
         typ = "VARCHAR" if f.kind == "categorical" else "DOUBLE"
         expr = "NULL" if f.name in skipped else f.expr.format(**values)
@@ -114,13 +109,46 @@ def assembly_sql(
             "AS TINYINT) AS returned"
         )
         cols.append(f"(l.window_end <= {c}) AS label_mature")
-    joins = BASE_JOINS + [j for m in registry.FAMILY_MODULES for j in getattr(m, "JOINS", [])]
+    return cols
+
+
+def _joins() -> list[str]:
+    return BASE_JOINS + [j for m in registry.FAMILY_MODULES for j in getattr(m, "JOINS", [])]
+
+
+def assembly_sql(
+    ctx: Context, cutoff: pd.Timestamp | None, *, ordered_targets: bool = False, stream_join: str = ""
+) -> str:
+    """The final SELECT: keys, every registry feature (all-null when its inputs are missing), labels.
+
+    Default: over `ln`, stream results (`sx0`) joined by qi, rows sorted by qi. `ordered_targets` (the
+    batch path): over `lt` (the target lines) with no ORDER BY, the stream results joined by
+    `stream_join` (default: `sxt` by qi; when given, the line's qi is added as column `_qi`). The
+    full-history path (`assembled_chunks`) evaluates the same select list over positionally aligned
+    columns instead of the stream join.
+    """
+    cols = _select_list(ctx, cutoff)
+    joins = _joins()
     if ordered_targets:
         joins = [stream_join or "LEFT JOIN sxt s ON s.qi = l.qi", *joins[1:]]
         if stream_join:
             cols.append(f"l.qi AS {_QI}")
         return f"SELECT {', '.join(cols)}\nFROM lt l\n" + "\n".join(joins)
     return f"SELECT {', '.join(cols)}\nFROM ln l\n" + "\n".join(joins) + "\nWHERE l.is_target\nORDER BY l.qi"
+
+
+_FIELD = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)\b")
+_JOIN_ALIAS = re.compile(r"^\s*LEFT JOIN\s+(\S+)(?:\s+(?!ON\b)(\w+))?\s+ON\b", re.I)
+
+
+def _fields_by_alias(select: Sequence[str], aliases: Sequence[str]) -> dict[str, list[str]]:
+    """alias -> the fields the select list reads from it (`alias.field`), in first-use order."""
+    out: dict[str, list[str]] = {a: [] for a in aliases}
+    for expr in select:
+        for alias, name in _FIELD.findall(expr):
+            if alias in out and name not in out[alias]:
+                out[alias].append(name)
+    return out
 
 
 #: the line's qi in an assembled chunk (puts the chunk in order, then dropped)
@@ -176,31 +204,79 @@ def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
     """The feature table (Arrow) in qi order, one chunk of target lines after another.
 
     A single query over 10M lines made DuckDB buffer the whole wide result to keep its row order
-    (spilling several GB). Per chunk, the target lines are read by qi range (from `ln`, stored in qi
-    order by `stage`, so its zone maps skip the other row groups) and the per-order tables
-    (`ORDER_TABLES` of the families, plus `ord`) only over the chunk's order_ts range, so every hash
-    table and buffer is a chunk's worth. Scan streams stay in Arrow: each chunk registers its slice of
-    `sx0` (zero-copy). The joins return rows in no particular order; each chunk is
-    put in qi order by its qi (a permutation, no sort).
+    (spilling several GB). Per chunk of qi range [a, b):
+    1. one narrow query reads the fields the feature expressions use from the line (`l`, from `ln`,
+       stored in qi order by `stage`, so its zone maps skip the other row groups) and from each family
+       table joined to it (`pop`, `cm`, `sh`, `o`, `cu`: the per-order tables, `ORDER_TABLES` plus `ord`,
+       only over the chunk's order_ts range), and is put in qi order by its qi (a permutation, no sort);
+    2. the select list is evaluated over one Arrow table of those columns and the stream table `sx0`'s
+       slice, aligned by position (`alias.field` in the expressions read as column `alias__field`), so the
+       wide stream columns are never hashed or joined (the join by qi was the assembly's largest cost).
     """
     sx0 = ctx.arrow["sx0"]
     for table in ("ret", "rv", "review_text"):  # read by the streams only
         ctx.sql(f"DROP TABLE IF EXISTS {table}")
-    sql = assembly_sql(ctx, cutoff, ordered_targets=True, stream_join="LEFT JOIN sx0 s ON s.qi = l.qi")
+    select = _select_list(ctx, cutoff)
+    joins = _joins()[1:]  # every join but the stream table's
+    aliases: list[str] = []
+    for j in joins:
+        m = _JOIN_ALIAS.match(j)
+        if m is None:
+            raise ValueError(f"assembly: cannot read the alias of join {j!r}")
+        aliases.append(m.group(2) or m.group(1))
+    fields = _fields_by_alias(select, ["l", "s", *aliases])
+    fields["l"] = fields["l"] or ["qi"]
+    missing = [f for f in fields["s"] if f not in sx0.column_names]
+    if missing:
+        raise ValueError(f"assembly: stream columns {missing} are read by features but not computed")
+    narrow = [f"l.qi AS {_QI}"] + [f"{a}.{f} AS {a}__{f}" for a in ["l", *aliases] for f in fields[a]]
+    narrow_sql = f"SELECT {', '.join(narrow)}\nFROM lt l\n" + "\n".join(joins)
+    known = set(fields)
+    flat_select = [_FIELD.sub(lambda m: f"{m[1]}__{m[2]}" if m[1] in known else m[0], e) for e in select]
+    final_sql = f"SELECT {', '.join(flat_select)}, {_QI} FROM assembly_chunk"
     tables = ["ord", *(t for m in registry.FAMILY_MODULES for t in getattr(m, "ORDER_TABLES", []))]
+    # joined views (e.g. t_customers over a Parquet file) are read once, not once per chunk
+    views = {
+        name
+        for (name,) in ctx.con.execute("SELECT view_name FROM duckdb_views() WHERE temporary").fetchall()
+        if any(re.search(rf"\bJOIN\s+{re.escape(name)}\b", j) for j in joins)
+    }
+    for v in sorted(views):
+        ctx.sql(f"CREATE OR REPLACE TEMP TABLE _asm_{v} AS SELECT * FROM {v}")
     for a, b, lo, hi in _chunk_bounds(ctx):
         ctes = [f"lt AS (SELECT * FROM temp.main.ln WHERE is_target AND qi >= {a} AND qi < {b})"]
         between = f"order_ts BETWEEN TIMESTAMP {quote(lo)} AND TIMESTAMP {quote(hi)}"
         ctes += [f"{t} AS (SELECT * FROM temp.main.{t} WHERE {between})" for t in tables]
-        ctx.con.register("sx0", sx0.slice(a, b - a))
-        table = ctx.con.sql(f"WITH {', '.join(ctes)}\n{sql}").to_arrow_table()
+        ctes += [f"{v} AS (SELECT * FROM temp.main._asm_{v})" for v in sorted(views)]
+        t0 = time.perf_counter()
+        part = ctx.con.sql(f"WITH {', '.join(ctes)}\n{narrow_sql}").to_arrow_table()
+        qi = part.column(_QI).to_numpy()
+        if len(qi) != b - a:
+            raise RuntimeError(f"assembly: chunk of qi {a}..{b} returned {len(qi)} rows")
+        if len(qi) and not (qi[0] == a and (np.diff(qi) == 1).all()):
+            order = np.empty(b - a, np.int64)
+            order[qi - a] = np.arange(b - a)
+            part = part.take(order)
+        s = sx0.slice(a, b - a)
+        flat = {f"s__{f}": s.column(f) for f in fields["s"]}
+        flat.update({c: part.column(c) for c in part.column_names})
+        ctx.con.register("assembly_chunk", pa.table(flat))
+        t1 = time.perf_counter()
+        table = ctx.con.sql(final_sql).to_arrow_table()
+        ctx.con.unregister("assembly_chunk")
         qi = table.column(_QI).to_numpy()
         if len(qi) != b - a:
             raise RuntimeError(f"assembly: chunk of qi {a}..{b} returned {len(qi)} rows")
-        order = np.empty(b - a, np.int64)
-        order[qi - a] = np.arange(b - a)
-        yield table.drop_columns([_QI]).take(order)
-    ctx.con.register("sx0", sx0)
+        if len(qi) and not (qi[0] == a and (np.diff(qi) == 1).all()):
+            order = np.empty(b - a, np.int64)
+            order[qi - a] = np.arange(b - a)
+            table = table.take(order)
+        t2 = time.perf_counter()
+        ctx.timings["assemble_lines_s"] = ctx.timings.get("assemble_lines_s", 0.0) + t1 - t0
+        ctx.timings["assemble_features_s"] = ctx.timings.get("assemble_features_s", 0.0) + t2 - t1
+        yield table.drop_columns([_QI])
+    for v in views:
+        ctx.sql(f"DROP TABLE IF EXISTS _asm_{v}")
 
 
 def _report(ctx: Context) -> dict[str, Any]:

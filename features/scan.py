@@ -89,8 +89,14 @@ def _literal(expr: str) -> float | None:
 
 def _micros(col: pa.ChunkedArray | pa.Array, null: int = I64_MIN) -> np.ndarray:
     """A TIMESTAMP column as int64 microseconds since the epoch (NULL -> `null`)."""
-    v = pc.fill_null(col.cast(pa.timestamp("us")).cast(pa.int64()), null)
-    return v.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return _filled(col.cast(pa.timestamp("us")).cast(pa.int64()), null).astype(np.int64, copy=False)
+
+
+def _filled(col: pa.ChunkedArray | pa.Array, value: Any) -> np.ndarray:
+    """A column as numpy with NULL -> `value` (no fill pass, and no copy of a single chunk, without NULLs)."""
+    if col.null_count:
+        col = pc.fill_null(col, value)
+    return col.to_numpy(zero_copy_only=False)
 
 
 # ------------------------------------------------------------------------------------------ key codes
@@ -114,7 +120,7 @@ def _column_codes(cols: Sequence[pa.ChunkedArray | pa.Array]) -> tuple[list[np.n
             null = hi - lo + 1
             out = []
             for c in cols:
-                v = np.subtract(pc.fill_null(c, lo).to_numpy(zero_copy_only=False), lo, dtype=np.int64)
+                v = np.subtract(_filled(c, lo), lo, dtype=np.int64)
                 if c.null_count:
                     v[c.is_null().to_numpy(zero_copy_only=False)] = null
                 out.append(v)
@@ -274,7 +280,7 @@ def warm_up() -> None:
 
 # ------------------------------------------------------------------------------------------ driver
 def _float_values(col: pa.ChunkedArray) -> np.ndarray:
-    return pc.fill_null(col, 0.0).to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return _filled(col, 0.0).astype(np.float64, copy=False)
 
 
 def _check_integral(col: _Column, arr: np.ndarray) -> None:
@@ -503,11 +509,7 @@ def scan_streams(
             arr = t.column(f"o{jj}")
             if col.type is None:
                 col.type = arr.type
-            vals = (
-                pc.fill_null(arr.cast(pa.int64()), 0)
-                .to_numpy(zero_copy_only=False)
-                .astype(np.int64, copy=False)
-            )
+            vals = _filled(arr.cast(pa.int64()), 0).astype(np.int64, copy=False)
             iparts.append(vals)
             vparts_valid.append(arr.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8))
             oth_ops.append((slot, oth_base[s], n_oth[s], col.col, jj, 1 if col.agg == "last" else 2))

@@ -40,7 +40,6 @@ from typing import Any
 import numba as nb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from features.engine import N_SIZE_RANKS, Context, FeaturizeParams
 from features.spec import FeatureSpec
@@ -279,10 +278,11 @@ def compare_moments(
     }
 
 
-def _counts(col: Any) -> tuple[np.ndarray, np.ndarray]:
-    """A stream column as float64 values (NULL -> 0) and its validity mask."""
-    valid = col.is_valid().to_numpy(zero_copy_only=False)
-    return pc.fill_null(col, 0).to_numpy(zero_copy_only=False).astype(np.float64), valid
+def _counts(col: Any, dtype: Any = np.float64) -> np.ndarray:
+    """A stream column as numpy (NULL -> 0)."""
+    from features.scan import _filled
+
+    return _filled(col, 0).astype(dtype, copy=False)
 
 
 @nb.njit(cache=True, nogil=True)
@@ -329,9 +329,7 @@ def kept_size_stats(k: np.ndarray, size_rank: np.ndarray) -> dict[str, np.ndarra
     numbers and halves: exact).
     """
     n_ranks, n = k.shape
-    n_kept, n_sizes, median, mode, here = _kept_stats(
-        np.ascontiguousarray(k, np.float64), size_rank.astype(np.int64)
-    )
+    n_kept, n_sizes, median, mode, here = _kept_stats(np.ascontiguousarray(k), size_rank.astype(np.int64))
     return {
         "n_kept": n_kept,
         "n_sizes": n_sizes,
@@ -384,20 +382,17 @@ def finish(ctx: Context) -> None:
     n = sx0.num_rows
     rank = line_values(ctx, {"r": "coalesce(size_rank, -1)"}).column("r")
     size_rank = rank.to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
-    k = np.zeros((len(RANKS), n))
-    sized = np.ones(n, bool)
+    sized = sx0.column("k0").is_valid().to_numpy(zero_copy_only=False)  # lines with a sized query row
+    k = np.zeros((len(RANKS), n), np.int32)  # counts (int32 from the scan; whole doubles from the SQL)
     for i in RANKS:
-        k[i], valid = _counts(sx0.column(f"k{i}"))
-        sized &= valid
+        k[i] = _counts(sx0.column(f"k{i}"), np.int32)
     cols = kept_size_stats(k, size_rank)
     del k
-    sw, valid = _counts(sx0.column("sw"))
-    swx, _ = _counts(sx0.column("swx"))
-    swx2, _ = _counts(sx0.column("swx2"))
-    zn = {x: _counts(sx0.column(f"zn_{x}"))[0] for x in _TYPE_KEY.values()}
-    zsum = {x: _counts(sx0.column(f"zsum_{x}"))[0] for x in _TYPE_KEY.values()}
+    sw, swx, swx2 = (_counts(sx0.column(c)) for c in ("sw", "swx", "swx2"))
+    zn = {x: _counts(sx0.column(f"zn_{x}")) for x in _TYPE_KEY.values()}
+    zsum = {x: _counts(sx0.column(f"zsum_{x}")) for x in _TYPE_KEY.values()}
     cols |= posterior(ctx.params, sw, swx, swx2, zn, zsum)
-    sized &= valid
+    del sw, swx, swx2, zn, zsum
     add_line_columns(ctx, {c: pa.array(v, mask=~sized | np.isnan(v)) for c, v in cols.items()}, drop=_INPUTS)
 
 

@@ -265,6 +265,78 @@ def line_values(ctx: Context, exprs: Mapping[str, str]) -> pa.Table:
     return t.drop_columns(["qi"])
 
 
+def line_codes(
+    ctx: Context, codes: Mapping[str, str], floats: Mapping[str, str] = {}, batch_rows: int = 1 << 20
+) -> dict[str, tuple[np.ndarray, int, np.ndarray]]:
+    """Per target line in qi order: `codes` columns (SQL over `ln`) as (dense int32 codes, code count,
+    not-NULL mask) and `floats` columns as (float64 with NaN for NULL, 0, not-NULL mask).
+
+    Read in record batches, each encoded on arrival (text keys: per-batch dictionaries merged), so a
+    10M-line fetch never holds the text columns whole (the basket family's peak memory).
+    """
+    from features.scan import _filled
+
+    n = int(ctx.counts.get("target_lines", 0))
+    exprs = {**codes, **floats}
+    cols = ", ".join(f"{e} AS {k}" for k, e in exprs.items())
+    reader = ctx.con.sql(f"SELECT qi, {cols} FROM ln WHERE is_target").to_arrow_reader(batch_rows)
+    qi = np.empty(n, np.int64)
+    raw = {k: np.empty(n, np.int64) for k in codes}
+    valid = {k: np.empty(n, bool) for k in exprs}
+    vals = {k: np.empty(n, np.float64) for k in floats}
+    dicts: dict[str, dict[Any, int]] = {k: {} for k in codes}
+    at = 0
+    for batch in reader:
+        m = batch.num_rows
+        if at + m > n:
+            raise RuntimeError(f"line_codes: more than {n} target lines")
+        qi[at : at + m] = batch.column(0).to_numpy()
+        for k in exprs:
+            col = batch.column(k)
+            valid[k][at : at + m] = col.is_valid().to_numpy(zero_copy_only=False)
+            if k in floats:
+                vals[k][at : at + m] = _filled(col.cast(pa.float64()), np.nan)
+            elif pa.types.is_integer(col.type):
+                raw[k][at : at + m] = _filled(col, 0)
+            else:
+                enc = col.dictionary_encode()
+                seen = dicts[k]
+                remap = np.array(
+                    [seen.setdefault(v, len(seen)) for v in enc.dictionary.to_pylist()], np.int64
+                )
+                idx = _filled(enc.indices, 0)
+                raw[k][at : at + m] = remap[idx] if len(remap) else 0
+        at += m
+    if at != n:
+        raise RuntimeError(f"line_codes: {at} target lines, expected {n}")
+    order = None
+    if n and not (qi[0] == 0 and (np.diff(qi) == 1).all()):
+        order = np.empty(n, np.int64)
+        order[qi] = np.arange(n)
+    out: dict[str, tuple[np.ndarray, int, np.ndarray]] = {}
+    for k in exprs:
+        ok = valid[k] if order is None else valid[k][order]
+        if k in floats:
+            out[k] = (vals[k] if order is None else vals[k][order], 0, ok)
+            continue
+        v = raw.pop(k)
+        if order is not None:
+            v = v[order]
+        if dicts[k] or not n:  # text: codes already dense; NULL -> one code past them
+            n_codes = len(dicts[k]) + 1
+            v[~ok] = n_codes - 1
+        else:  # integers: value - min, densified when sparse (NULL -> one code past them)
+            lo = int(v[ok].min()) if ok.any() else 0
+            v -= lo
+            v[~ok] = int(v[ok].max()) + 1 if ok.any() else 0
+            n_codes = int(v.max()) + 1
+            if n_codes > max(1 << 20, 2 * n):
+                uniq, inv = np.unique(v, return_inverse=True)
+                v, n_codes = inv.reshape(-1), len(uniq)
+        out[k] = (v.astype(np.int32), n_codes, ok)
+    return out
+
+
 def add_line_columns(ctx: Context, columns: Mapping[str, Any], drop: Sequence[str] = ()) -> None:
     """Append per-line columns (aligned with qi) to the stream table `sx0` (the assembly's `s`), minus `drop`.
 
