@@ -88,6 +88,35 @@ def _run_counts(start, rows, major, minor, minor_ok, n_minor, out_lines, out_dis
             x = y
 
 
+@nb.njit(cache=True, nogil=True)
+def _order_sums(start, rows, quantity, unit_price):  # fmt: skip
+    """Per row: its order's sum of quantity and of quantity x unit price over the non-NULL (non-NaN) terms,
+    NaN when there are none (SQL's sum). Rows are added in their original order (the counting sort is
+    stable), as a running sum over the lines in order would."""
+    n = len(quantity)
+    units, value = np.full(n, np.nan), np.full(n, np.nan)
+    for g in range(len(start) - 1):
+        a, b = start[g], start[g + 1]
+        su, sv, nu, nv = 0.0, 0.0, 0, 0
+        for x in range(a, b):
+            i = rows[x]
+            q = quantity[i]
+            if not np.isnan(q):
+                su += q
+                nu += 1
+                v = q * unit_price[i]
+                if not np.isnan(v):
+                    sv += v
+                    nv += 1
+        for x in range(a, b):
+            i = rows[x]
+            if nu:
+                units[i] = su
+            if nv:
+                value[i] = sv
+    return units, value
+
+
 def basket_counts(
     order: np.ndarray,
     product: np.ndarray,
@@ -111,18 +140,10 @@ def basket_counts(
         return {c: np.zeros(0) for c in names}
     order = np.ascontiguousarray(order, np.int64)
     n_orders = int(order.max()) + 1
-    n_lines = np.bincount(order, minlength=n_orders)
-
-    def order_sum(values: np.ndarray) -> np.ndarray:
-        ok = ~np.isnan(values)
-        total = np.bincount(order[ok], weights=values[ok], minlength=n_orders)
-        seen = np.bincount(order[ok], minlength=n_orders)
-        return np.where(seen > 0, total, np.nan)[order]
-
     start, rows = _order_groups(order, n_orders)
     product = np.ascontiguousarray(product, np.int64)
-    out = {"b_lines": n_lines[order].astype(np.float64), "b_units": order_sum(quantity)}
-    out["b_value"] = order_sum(quantity * unit_price)
+    out = {"b_lines": np.diff(start)[order].astype(np.float64)}
+    out["b_units"], out["b_value"] = _order_sums(start, rows, quantity, unit_price)
     lines, distinct = np.zeros(n, np.int64), np.zeros(n, np.int64)
     for name, (codes, n_codes, ok) in (("bp_sizes", size), ("bp_colors", color)):
         _run_counts(start, rows, product, np.asarray(codes, np.int64), np.asarray(ok, np.bool_), int(n_codes),

@@ -279,10 +279,16 @@ def compare_moments(
 
 
 def _counts(col: Any, dtype: Any = np.float64) -> np.ndarray:
-    """A stream column as numpy (NULL -> 0)."""
-    from features.scan import _filled
-
-    return _filled(col, 0).astype(dtype, copy=False)
+    """A stream column's values as numpy without a fill pass: NULL slots hold whatever the buffer holds, so
+    callers mask them afterwards (every output of `finish` is NULL where the line has no sized query row)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if arr.type != pa.from_numpy_dtype(np.dtype(dtype)):
+        arr = arr.cast(pa.from_numpy_dtype(np.dtype(dtype)), safe=False)
+    if len(arr) == 0:
+        return np.zeros(0, dtype)
+    return np.frombuffer(
+        arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * np.dtype(dtype).itemsize
+    )
 
 
 @nb.njit(cache=True, nogil=True)
@@ -339,27 +345,56 @@ def kept_size_stats(k: np.ndarray, size_rank: np.ndarray) -> dict[str, np.ndarra
     }
 
 
+@nb.njit(cache=True, nogil=True)
+def _posterior_kernel(sized, sw, swx, swx2, zn_o, zsum_o, mean, c_sd_rho, c_prec, c_rho2):  # fmt: skip
+    n = len(sw)
+    m, sd = np.full(n, np.nan), np.full(n, np.nan)
+    for q in range(n):
+        if not sized[q]:
+            continue
+        n_o = zn_o[q]
+        pm = mean + c_sd_rho * zsum_o[q] / (n_o + 1)
+        prec = 1.0 / (c_prec * (1 - c_rho2 * n_o / (n_o + 1)))
+        m[q] = (swx[q] + prec * pm) / (sw[q] + prec)
+        sd[q] = 1.0 / np.sqrt(sw[q] + prec)
+    return m, sd
+
+
+@nb.njit(cache=True, nogil=True)
+def _spread_kernel(sized, sw, swx, swx2):  # fmt: skip
+    n = len(sw)
+    out = np.full(n, np.nan)
+    for q in range(n):
+        if sized[q] and sw[q] > 0:
+            mu = swx[q] / sw[q]
+            out[q] = np.sqrt(max(swx2[q] / sw[q] - mu * mu, 0.0))
+    return out
+
+
 def posterior(
-    p: FeaturizeParams, sw: np.ndarray, swx: np.ndarray, swx2: np.ndarray, zn: dict, zsum: dict
+    p: FeaturizeParams,
+    sw: np.ndarray,
+    swx: np.ndarray,
+    swx2: np.ndarray,
+    zn: dict,
+    zsum: dict,
+    sized: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per size type key x: the prior from the other type's standard scores, then the normal posterior's
     mean m_x and sd sd_x; `spread` is the sd of the customer's own evidence in the line's type (NaN when
     there is none). zn / zsum map type keys to the customer's counts and sums of standard scores (NULL
-    -> 0). Evaluated in the order of the SQL it replaced, so the values are the same floats."""
+    -> 0); lines not `sized` get NaN. Evaluated in the order of the SQL it replaced (one pass per output)."""
+    if sized is None:
+        sized = np.ones(len(sw), np.bool_)
     out: dict[str, np.ndarray] = {}
     rho = float(p.size_cross_type_rho)
-    c_rho2 = float(rho**2)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        for st, x in _TYPE_KEY.items():
-            mean, sd = (float(v) for v in p.size_moments[st])
-            o = next(v for k, v in _TYPE_KEY.items() if k != st)
-            n_o, z_o = zn[o], zsum[o]
-            pm = mean + float(sd * rho) * z_o / (n_o + 1)
-            prec = 1.0 / (float(sd * sd) * (1 - c_rho2 * n_o / (n_o + 1)))
-            out[f"m_{x}"] = (swx + prec * pm) / (sw + prec)
-            out[f"sd_{x}"] = 1.0 / np.sqrt(sw + prec)
-        spread = np.sqrt(np.maximum(swx2 / sw - np.power(swx / sw, 2), 0))
-    out["spread"] = np.where(sw > 0, spread, np.nan)
+    for st, x in _TYPE_KEY.items():
+        mean, sd = (float(v) for v in p.size_moments[st])
+        o = next(v for k, v in _TYPE_KEY.items() if k != st)
+        out[f"m_{x}"], out[f"sd_{x}"] = _posterior_kernel(
+            sized, sw, swx, swx2, zn[o], zsum[o], mean, float(sd * rho), float(sd * sd), float(rho**2)
+        )
+    out["spread"] = _spread_kernel(sized, sw, swx, swx2)
     return out
 
 
@@ -391,9 +426,12 @@ def finish(ctx: Context) -> None:
     sw, swx, swx2 = (_counts(sx0.column(c)) for c in ("sw", "swx", "swx2"))
     zn = {x: _counts(sx0.column(f"zn_{x}")) for x in _TYPE_KEY.values()}
     zsum = {x: _counts(sx0.column(f"zsum_{x}")) for x in _TYPE_KEY.values()}
-    cols |= posterior(ctx.params, sw, swx, swx2, zn, zsum)
+    cols |= posterior(ctx.params, sw, swx, swx2, zn, zsum, sized)
     del sw, swx, swx2, zn, zsum
-    add_line_columns(ctx, {c: pa.array(v, mask=~sized | np.isnan(v)) for c, v in cols.items()}, drop=_INPUTS)
+    unsized = ~sized
+    for c in ("n_kept", "n_sizes", "kept_here", "median_rank", "mode_rank"):
+        cols[c][unsized] = np.nan
+    add_line_columns(ctx, {c: pa.array(v, from_pandas=True) for c, v in cols.items()}, drop=_INPUTS)
 
 
 def _phi(x: str) -> str:
