@@ -14,7 +14,10 @@ Note for callers (features/state.py, features/build.py): `build_streams(ctx, run
 "scan" method (features/scan.py: every stream in one time-ordered pass, no sort by key) the result
 `sx0` (Arrow, one row per target line in qi order) types counting columns (whole-number event values,
 e.g. counts) as int32 and other sums as float64 (values equal the window SQL's, which stays the
-reference); "last"/"first" (max/min, as in the SQL) keep their timestamp type. Before evaluating a
+reference); "last"/"first" (max/min, as in the SQL) keep their timestamp type. The "sql" method's result
+is fetched into the same Arrow form, so the families' `finish` steps and the assembly read one shape:
+families append per-line columns computed with numpy (`add_line_columns`, from `line_values` /
+`line_codes` reads of `ln`), which the assembly reads positionally. Before evaluating a
 column, `build_streams` creates the tables its event sources name that a family left pending
 (`ctx.need`, e.g. `rv` while VADER scores in the background: such columns are scanned after the
 others), and all pending tables before it returns.
