@@ -403,12 +403,16 @@ def featurize_batch_table(
     state: HistoryState, batch: Mapping[str, pd.DataFrame | None], params: Any = None
 ) -> pa.Table:
     """The batch's feature rows as the engine's Arrow table, in (order_ts, line_id) order: what
-    `featurize_batch` returns before pandas (the scorer encodes it straight into the model matrix)."""
-    from features.build import _in_qi_order, _order_targets, assembly_sql
+    `featurize_batch` returns before pandas (the scorer encodes it straight into the model matrix).
+
+    Assembled like the full-history path (`features.build.assembled_chunks`: the line and per-order fields
+    in one narrow query, the feature expressions over them and the stream columns aligned by position, in
+    qi order), so the batch rows come from the same code as the training rows."""
+    from features.build import _in_qi_order, assembled_chunks
 
     with batch_session(state, batch, params) as ctx:
-        _order_targets(ctx)  # the full path's assembly: targets stored in qi order, no final sort
-        table = ctx.con.sql(assembly_sql(ctx, None, ordered_targets=True)).to_arrow_table()
+        chunks = list(assembled_chunks(ctx, None))
+        table = pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
         if not _in_qi_order(table.column("order_ts"), table.column("line_id")):
             table = table.sort_by([("order_ts", "ascending"), ("line_id", "ascending")])
         return table
