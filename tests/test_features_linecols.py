@@ -155,3 +155,35 @@ def test_posterior_equals_its_sql():
             got[c], sql[c].astype(float).to_numpy(), rtol=1e-14, equal_nan=True, err_msg=c
         )
     assert np.isnan(got["spread"][sw == 0]).all() and (got["sd_a"] > 0).all()
+
+
+@pytest.mark.parametrize("ids", ["text", "sparse"])
+def test_features_do_not_depend_on_how_ids_are_spelled(small_generated, ids):
+    """Text ids (dictionary-coded per record batch) and sparse integer ids (densified) give the same features
+    as the generator's dense integer ids: the basket and size columns are computed from codes of them."""
+    from features.build import build_features
+    from features.registry import FEATURES
+    from pipeline.io import read_meta
+
+    tabs = {p.stem: pd.read_parquet(p) for p in small_generated.raw.glob("*.parquet")}
+    cutoff = read_meta(small_generated.raw)["cutoff"]
+    base, _ = build_features(tabs, cutoff)
+    spell = {
+        "text": lambda s: "id-" + s.astype("int64").astype(str),
+        "sparse": lambda s: s.astype("int64") * 1_000_003 + 7 * 10**12,
+    }[ids]
+    renamed = {}
+    for name, df in tabs.items():
+        df = df.copy()
+        for col in ("order_id", "product_id", "customer_id"):
+            if col in df.columns:
+                df[col] = spell(df[col])
+        renamed[name] = df
+    other, _ = build_features(renamed, cutoff)
+    names = [f.name for f in FEATURES]
+    a = base.set_index("line_id").sort_index()[names]
+    b = other.set_index("line_id").sort_index()[names]
+    cats = [f.name for f in FEATURES if f.kind == "categorical"]
+    pd.testing.assert_frame_equal(
+        a.astype({c: str for c in cats}), b.astype({c: str for c in cats}), check_exact=False, rtol=1e-9
+    )
