@@ -176,6 +176,10 @@ def finish(ctx: Context) -> None:
         {"q": "quantity", "u": "unit_price"},
     )
     counts = basket_counts(c["o"][0], c["p"][0], c["c"], c["s"], c["k"], c["q"][0], c["u"][0])
+    # the features read these only on lines with a size / colour: NULL elsewhere, so the assembly
+    # does not fetch the size and colour text to test it
+    counts["bp_sizes_line"] = np.where(c["s"][2], counts.pop("bp_sizes"), np.nan)
+    counts["bp_colors_line"] = np.where(c["k"][2], counts.pop("bp_colors"), np.nan)
     del c
     add_line_columns(ctx, {k: _compact(v) for k, v in counts.items()})
 
@@ -220,7 +224,7 @@ FEATURES = [
         "numeric",
         "Different sizes of this product in the order (more than 1: size bracketing).",
         False,
-        "CASE WHEN l.size IS NOT NULL THEN s.bp_sizes END",
+        "s.bp_sizes_line",
         requires=("order_lines.size",),
     ),
     FeatureSpec(
@@ -229,7 +233,7 @@ FEATURES = [
         "numeric",
         "Different colours of this product in the order (more than 1: colour bracketing).",
         False,
-        "CASE WHEN l.color IS NOT NULL THEN s.bp_colors END",
+        "s.bp_colors_line",
         requires=("order_lines.color",),
     ),
     FeatureSpec(
