@@ -32,16 +32,18 @@ def synthetic_export(rows: int, seed: int = 0) -> pd.DataFrame:
     inv_cust = rng.integers(12000, 12000 + n_customers, n_inv).astype("float64")
     inv_cust[rng.random(n_inv) < 0.25] = np.nan
     codes = np.char.add("2", (rng.zipf(1.3, n_buy) % n_codes).astype(str))
-    buys = pd.DataFrame({
-        "InvoiceNo": (536000 + inv).astype(str),
-        "StockCode": codes,
-        "Description": "WHITE HANGING HEART T-LIGHT HOLDER",
-        "Quantity": rng.integers(1, 25, n_buy),
-        "InvoiceDate": inv_ts[inv].floor("min"),
-        "UnitPrice": rng.choice([0.85, 1.25, 2.55, 4.95], n_buy),
-        "CustomerID": inv_cust[inv],
-        "Country": "United Kingdom",
-    })
+    buys = pd.DataFrame(
+        {
+            "InvoiceNo": (536000 + inv).astype(str),
+            "StockCode": codes,
+            "Description": "WHITE HANGING HEART T-LIGHT HOLDER",
+            "Quantity": rng.integers(1, 25, n_buy),
+            "InvoiceDate": inv_ts[inv].floor("min"),
+            "UnitPrice": rng.choice([0.85, 1.25, 2.55, 4.95], n_buy),
+            "CustomerID": inv_cust[inv],
+            "Country": "United Kingdom",
+        }
+    )
     known = np.flatnonzero(buys["CustomerID"].notna().to_numpy())
     src = buys.iloc[rng.choice(known, n_cancel)] if len(known) and n_cancel else buys.iloc[:0]
     later = pd.to_timedelta(rng.uniform(-3, 30, len(src)), unit="D")  # some before the purchase: unmatched
@@ -50,7 +52,9 @@ def synthetic_export(rows: int, seed: int = 0) -> pd.DataFrame:
         Quantity=-np.maximum(1, (src["Quantity"].to_numpy() * rng.uniform(0.2, 1.3, len(src))).astype(int)),
         InvoiceDate=(src["InvoiceDate"] + later).dt.floor("min"),
     )
-    post = buys.iloc[rng.choice(len(buys), n_post)].assign(StockCode="POST", Description="POSTAGE", Quantity=1)
+    post = buys.iloc[rng.choice(len(buys), n_post)].assign(
+        StockCode="POST", Description="POSTAGE", Quantity=1
+    )
     out = pd.concat([buys, cancels, post], ignore_index=True)
     return out.sort_values("InvoiceDate", kind="stable", ignore_index=True)
 
@@ -88,7 +92,9 @@ def main(argv: list[str] | None = None) -> None:
     is_c = x["invoice"].str.startswith("C").to_numpy() & x["customer"].notna().to_numpy()
     cols = ["row", "customer", "stock_code", "invoice_ts", "quantity"]
     ren = {"stock_code": "product_id", "invoice_ts": "ts"}
-    buys = x.loc[~is_c & x["customer"].notna().to_numpy() & (x["stock_code"] != "POST").to_numpy(), cols].rename(columns=ren)
+    buys = x.loc[
+        ~is_c & x["customer"].notna().to_numpy() & (x["stock_code"] != "POST").to_numpy(), cols
+    ].rename(columns=ren)
     cancels = x.loc[is_c, cols].rename(columns=ren).assign(quantity=lambda d: -d["quantity"])
     buys["quantity"] = buys["quantity"].astype("int64")
     cancels["quantity"] = cancels["quantity"].astype("int64")

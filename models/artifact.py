@@ -143,9 +143,7 @@ def _arrow_float(column: Any, name: str) -> np.ndarray:
     return column.to_numpy(zero_copy_only=False)  # nulls -> NaN
 
 
-def encode_table(
-    table: Any, features: Sequence[str], categorical: Mapping[str, Sequence[str]]
-) -> np.ndarray:
+def encode_table(table: Any, features: Sequence[str], categorical: Mapping[str, Sequence[str]]) -> np.ndarray:
     """`encode_frame(to_frame(table), ..., order="F")` straight from an Arrow table (the feature engine's
     result): the same matrix, bit for bit (tested), without the pandas frame of every feature column."""
     missing = [f for f in features if f not in table.column_names]

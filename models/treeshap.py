@@ -221,7 +221,9 @@ def build_tables(booster: Any, max_distinct: int = MAX_DISTINCT) -> TreeTables |
     # features; they become one entry whose table is indexed by the left leaf's pattern directly (row p =
     # left table at its mask + right table at the mask of p with the last bit flipped): half the look-ups
     # and additions for them.
-    entries: list[tuple[np.ndarray, list[int], np.ndarray, int]] = []  # (pattern -> row, features, rows, slot)
+    entries: list[
+        tuple[np.ndarray, list[int], np.ndarray, int]
+    ] = []  # (pattern -> row, features, rows, slot)
     leaf_start = [0]
     for t in range(len(f.roots)):
         group: dict[int, list[int]] = {}

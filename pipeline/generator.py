@@ -664,7 +664,14 @@ def _hazards(rng: np.random.Generator, cust: dict, prod: dict, orders: dict, lin
     fired = np.minimum((cum < u[:, None]).sum(axis=1), len(CAUSES) - 1).astype("int8")
     likeliest = np.argmax(h, axis=1).astype("int8")
     main = np.where(drawn, fired, np.where(p < 0.05, c["none"], likeliest)).astype("int8")
-    lines.update(p=p.astype("float32"), p_ex=p_ex.astype("float32"), drawn=drawn, cause=main, damaged=damaged, late=delay > 2.0)
+    lines.update(
+        p=p.astype("float32"),
+        p_ex=p_ex.astype("float32"),
+        drawn=drawn,
+        cause=main,
+        damaged=damaged,
+        late=delay > 2.0,
+    )
 
 
 def _delay_hazard(delay: np.ndarray) -> np.ndarray:
@@ -683,7 +690,9 @@ def _transit_delay(rng: np.random.Generator, cross: np.ndarray) -> np.ndarray:
 def _expected_delay_hazard_table(draws: int = 400_000) -> np.ndarray:
     """E[delay hazard] for [domestic, cross-border] orders, by a fixed-seed Monte Carlo (deterministic)."""
     rng = np.random.default_rng(20240101)
-    return np.array([_delay_hazard(_transit_delay(rng, np.full(draws, flag))).mean() for flag in (False, True)])
+    return np.array(
+        [_delay_hazard(_transit_delay(rng, np.full(draws, flag))).mean() for flag in (False, True)]
+    )
 
 
 _EXPECTED_DELAY_HAZARD = _expected_delay_hazard_table()

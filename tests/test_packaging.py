@@ -37,7 +37,9 @@ def test_served_model_requirements_match_the_lock() -> None:
     pins = _pins(PIP_REQUIREMENTS)
     assert set(pins) >= {"lightgbm", "numba", "numpy", "pandas"}
     for name, version in pins.items():
-        assert locked.get(name) == version, f"PIP_REQUIREMENTS pins {name}=={version}, lock has {locked.get(name)}"
+        assert locked.get(name) == version, (
+            f"PIP_REQUIREMENTS pins {name}=={version}, lock has {locked.get(name)}"
+        )
 
 
 def test_exact_pins_in_pyproject_match_the_lock() -> None:

@@ -38,7 +38,16 @@ def export(rows: list[tuple], naming: str = "online_retail") -> pd.DataFrame:
     return df.rename(columns=NAMINGS[naming])
 
 
-def buy(inv, code, qty, ts, cust=17850, price=2.5, country="United Kingdom", desc="WHITE HANGING HEART T-LIGHT HOLDER"):
+def buy(
+    inv,
+    code,
+    qty,
+    ts,
+    cust=17850,
+    price=2.5,
+    country="United Kingdom",
+    desc="WHITE HANGING HEART T-LIGHT HOLDER",
+):
     return (inv, code, desc, qty, ts, price, cust, country)
 
 
@@ -53,7 +62,9 @@ def returns_by_line(tables) -> dict[str, int]:
 
 def assert_reconciles(report):
     rows = report["rows"]
-    assert report["input_rows"] == rows["order_lines"] + rows["matched_cancellations"] + sum(rows["excluded"].values())
+    assert report["input_rows"] == rows["order_lines"] + rows["matched_cancellations"] + sum(
+        rows["excluded"].values()
+    )
     assert report["reconciles"] is True
 
 
@@ -79,7 +90,9 @@ def test_both_namings_give_identical_tables():
     b, rb = map_online_retail(export(rows, "online_retail_ii"))
     for name in a:
         pd.testing.assert_frame_equal(a[name], b[name])
-    assert {k: v for k, v in ra.items() if k != "column_naming"} == {k: v for k, v in rb.items() if k != "column_naming"}
+    assert {k: v for k, v in ra.items() if k != "column_naming"} == {
+        k: v for k, v in rb.items() if k != "column_naming"
+    }
 
 
 def test_missing_columns_are_named():
@@ -100,7 +113,9 @@ def test_unparseable_quantity_names_column_and_row():
 
 
 def test_ids_are_text_without_float_suffix_and_codes_are_case_normalised():
-    df = export([buy("536365", "85123a", 1, "2010-12-01 08:26"), buy("536366", "85123A", 2, "2010-12-01 09:00")])
+    df = export(
+        [buy("536365", "85123a", 1, "2010-12-01 08:26"), buy("536366", "85123A", 2, "2010-12-01 09:00")]
+    )
     tables, _ = map_online_retail(df)
     assert tables["customers"]["customer_id"].tolist() == ["17850"]
     assert tables["orders"]["customer_id"].tolist() == ["17850", "17850"]
@@ -133,11 +148,13 @@ def test_order_ts_is_the_earliest_line_of_the_invoice():
 
 
 def test_cancellation_across_two_earlier_purchases_splits_oldest_first():
-    df = export([
-        buy("100", "22423", 3, "2011-01-01 10:00"),
-        buy("101", "22423", 5, "2011-01-05 10:00"),
-        cancel("102", "22423", 6, "2011-01-09 12:00"),
-    ])
+    df = export(
+        [
+            buy("100", "22423", 3, "2011-01-01 10:00"),
+            buy("101", "22423", 5, "2011-01-05 10:00"),
+            cancel("102", "22423", 6, "2011-01-09 12:00"),
+        ]
+    )
     tables, report = map_online_retail(df)
     r = tables["returns"].sort_values("line_id")
     assert r["line_id"].tolist() == ["0", "1"]
@@ -150,18 +167,25 @@ def test_cancellation_across_two_earlier_purchases_splits_oldest_first():
 
 
 def test_cancellation_with_no_earlier_purchase_is_counted_not_invented():
-    df = export([
-        cancel("200", "22423", 2, "2011-01-01 09:00"),  # before any purchase of the product
-        buy("201", "22423", 4, "2011-01-02 10:00"),
-        cancel("202", "21212", 1, "2011-01-03 10:00"),  # a product the customer never bought
-        cancel("203", "22423", 1, "2011-01-03 10:00", cust=99999),  # another customer's cancellation
-    ])
+    df = export(
+        [
+            cancel("200", "22423", 2, "2011-01-01 09:00"),  # before any purchase of the product
+            buy("201", "22423", 4, "2011-01-02 10:00"),
+            cancel("202", "21212", 1, "2011-01-03 10:00"),  # a product the customer never bought
+            cancel("203", "22423", 1, "2011-01-03 10:00", cust=99999),  # another customer's cancellation
+        ]
+    )
     tables, report, outcomes = map_with_outcomes(df)
     assert tables["returns"].empty
     assert report["rows"]["excluded"]["unmatched_cancellation"] == 3
     assert report["cancellations"]["rows_unmatched"] == 3
     assert report["cancellations"]["units_unmatched"] == 4
-    assert outcomes.tolist() == ["unmatched_cancellation", "order_line", "unmatched_cancellation", "unmatched_cancellation"]
+    assert outcomes.tolist() == [
+        "unmatched_cancellation",
+        "order_line",
+        "unmatched_cancellation",
+        "unmatched_cancellation",
+    ]
     assert_reconciles(report)
 
 
@@ -174,13 +198,15 @@ def test_partial_match_is_capped_and_the_remainder_counted():
 
 
 def test_later_cancellations_take_what_earlier_ones_left():
-    df = export([
-        buy("400", "22423", 4, "2011-01-01 10:00"),
-        cancel("401", "22423", 3, "2011-01-02 10:00"),
-        buy("402", "22423", 4, "2011-01-03 10:00"),
-        cancel("403", "22423", 3, "2011-01-04 10:00"),
-        cancel("404", "22423", 9, "2011-01-05 10:00"),
-    ])
+    df = export(
+        [
+            buy("400", "22423", 4, "2011-01-01 10:00"),
+            cancel("401", "22423", 3, "2011-01-02 10:00"),
+            buy("402", "22423", 4, "2011-01-03 10:00"),
+            cancel("403", "22423", 3, "2011-01-04 10:00"),
+            cancel("404", "22423", 9, "2011-01-05 10:00"),
+        ]
+    )
     tables, report = map_online_retail(df)
     r = tables["returns"]
     got = {(row.line_id, row.return_ts.day): row.quantity for row in r.itertuples()}
@@ -190,11 +216,13 @@ def test_later_cancellations_take_what_earlier_ones_left():
 
 
 def test_repeated_cancellation_rows_become_one_return_event():
-    df = export([
-        buy("500", "22423", 6, "2011-01-01 10:00"),
-        cancel("501", "22423", 2, "2011-01-02 10:00"),
-        cancel("501", "22423", 2, "2011-01-02 10:00"),  # the export repeats some rows verbatim
-    ])
+    df = export(
+        [
+            buy("500", "22423", 6, "2011-01-01 10:00"),
+            cancel("501", "22423", 2, "2011-01-02 10:00"),
+            cancel("501", "22423", 2, "2011-01-02 10:00"),  # the export repeats some rows verbatim
+        ]
+    )
     tables, report = map_online_retail(df)
     assert tables["returns"][["line_id", "quantity"]].to_dict("records") == [{"line_id": "0", "quantity": 4}]
     assert report["rows"]["matched_cancellations"] == 2
@@ -247,8 +275,14 @@ events = st.lists(
 @given(events)
 def test_vectorised_matching_equals_the_reference_loop(evts):
     rows = [
-        {"row": i, "is_cancel": c, "customer": f"c{cu}", "product_id": f"p{pr}",
-         "ts": pd.Timestamp("2011-01-01") + pd.Timedelta(days=d), "quantity": q}
+        {
+            "row": i,
+            "is_cancel": c,
+            "customer": f"c{cu}",
+            "product_id": f"p{pr}",
+            "ts": pd.Timestamp("2011-01-01") + pd.Timedelta(days=d),
+            "quantity": q,
+        }
         for i, (c, cu, pr, d, q) in enumerate(evts)
     ]
     df = pd.DataFrame(rows, columns=["row", "is_cancel", "customer", "product_id", "ts", "quantity"])
@@ -265,8 +299,12 @@ def test_every_excluded_row_is_counted_by_reason():
     rows = [
         buy("600", "85123A", 2, "2011-02-01 10:00"),  # order line
         buy("600", "POST", 1, "2011-02-01 10:00", price=18.0, desc="POSTAGE"),  # non-goods: postage
-        buy("600", "gift_0001_20", 1, "2011-02-01 10:00", desc="Dotcomgiftshop Gift Voucher £20.00"),  # voucher
-        buy("600", "23444", 1, "2011-02-01 10:00", desc="Next Day Carriage"),  # postage under a goods-like code
+        buy(
+            "600", "gift_0001_20", 1, "2011-02-01 10:00", desc="Dotcomgiftshop Gift Voucher £20.00"
+        ),  # voucher
+        buy(
+            "600", "23444", 1, "2011-02-01 10:00", desc="Next Day Carriage"
+        ),  # postage under a goods-like code
         buy("A601", "B", 1, "2011-02-01 11:00", cust=None, price=-11062.06, desc="Adjust bad debt"),
         buy("602", "21000", -5, "2011-02-01 12:00", cust=None, price=0.0, desc="damaged"),  # stock adjustment
         buy("603", "22000", 3, "2011-02-01 13:00", cust=None),  # no customer
@@ -303,16 +341,18 @@ def test_every_excluded_row_is_counted_by_reason():
 
 
 def test_country_names_map_to_iso_codes_with_a_rule_for_unknown_ones():
-    df = export([
-        buy("1", "A1", 1, "2011-01-01 10:00", cust=1, country="EIRE"),
-        buy("2", "A1", 1, "2011-01-01 10:00", cust=2, country="RSA"),
-        buy("3", "A1", 1, "2011-01-01 10:00", cust=3, country="USA"),
-        buy("4", "A1", 1, "2011-01-01 10:00", cust=4, country="Channel Islands"),
-        buy("5", "A1", 1, "2011-01-01 10:00", cust=5, country="Germany"),
-        buy("6", "A1", 1, "2011-01-02 10:00", cust=5, country="Unspecified"),  # customer known elsewhere
-        buy("7", "A1", 1, "2011-01-01 10:00", cust=7, country="Unspecified"),
-        buy("8", "A1", 1, "2011-01-01 10:00", cust=8, country="European Community"),
-    ])
+    df = export(
+        [
+            buy("1", "A1", 1, "2011-01-01 10:00", cust=1, country="EIRE"),
+            buy("2", "A1", 1, "2011-01-01 10:00", cust=2, country="RSA"),
+            buy("3", "A1", 1, "2011-01-01 10:00", cust=3, country="USA"),
+            buy("4", "A1", 1, "2011-01-01 10:00", cust=4, country="Channel Islands"),
+            buy("5", "A1", 1, "2011-01-01 10:00", cust=5, country="Germany"),
+            buy("6", "A1", 1, "2011-01-02 10:00", cust=5, country="Unspecified"),  # customer known elsewhere
+            buy("7", "A1", 1, "2011-01-01 10:00", cust=7, country="Unspecified"),
+            buy("8", "A1", 1, "2011-01-01 10:00", cust=8, country="European Community"),
+        ]
+    )
     tables, report = map_online_retail(df)
     ship = dict(zip(tables["orders"]["order_id"], tables["orders"]["ship_country"], strict=True))
     assert ship == {"1": "IE", "2": "ZA", "3": "US", "4": "JE", "5": "DE", "6": "DE", "7": "ZZ", "8": "EU"}
@@ -322,11 +362,13 @@ def test_country_names_map_to_iso_codes_with_a_rule_for_unknown_ones():
 
 
 def test_customer_country_is_the_most_frequent():
-    df = export([
-        buy("1", "A1", 1, "2011-01-01 10:00", country="Belgium"),
-        buy("2", "A1", 1, "2011-01-02 10:00", country="Spain"),
-        buy("3", "A1", 1, "2011-01-03 10:00", country="Spain"),
-    ])
+    df = export(
+        [
+            buy("1", "A1", 1, "2011-01-01 10:00", country="Belgium"),
+            buy("2", "A1", 1, "2011-01-02 10:00", country="Spain"),
+            buy("3", "A1", 1, "2011-01-03 10:00", country="Spain"),
+        ]
+    )
     tables, _ = map_online_retail(df)
     assert tables["customers"]["country"].tolist() == ["ES"]
 
@@ -360,7 +402,10 @@ def test_keyword_categories(description, category):
 def test_keywords_match_whole_words_only():
     # "POTTERY"/"SPOT" must not match the garden word "POT"; "LEDGER" not the light word "LED"
     assert categorize(pd.Series(["GREEN POTTERY", "RED SPOT", "LEDGER", "GREEN TEAPOT"])).tolist() == [
-        "other", "other", "other", "kitchen_dining",
+        "other",
+        "other",
+        "other",
+        "kitchen_dining",
     ]
 
 
@@ -375,7 +420,7 @@ def _write_csv_ii(path: Path) -> None:
         "489434,79323P,PINK CHERRY LIGHTS,12,12/1/2009 7:45,6.75,13085.0,United Kingdom\n"
         "489435,POST,POSTAGE,1,12/1/2009 7:46,18.0,13085.0,United Kingdom\n"
         "C489449,85048,15CM CHRISTMAS GLASS BALL 20 LIGHTS,-5,12/2/2009 10:33,6.95,13085.0,United Kingdom\n"
-        "489436,22041,RECORD FRAME 7\" SINGLE SIZE,48,12/1/2009 9:06,2.1,,United Kingdom\n",
+        '489436,22041,RECORD FRAME 7" SINGLE SIZE,48,12/1/2009 9:06,2.1,,United Kingdom\n',
         encoding="utf-8",
     )
 
@@ -389,18 +434,35 @@ def test_cli_ingest_writes_tables_meta_and_report(tmp_path):
     out.mkdir()
     (out / "reviews.parquet").write_bytes(b"stale")  # from an earlier generated run: must go
     result = CliRunner().invoke(
-        app, ["ingest", "--source", "uci-online-retail", str(src), "--out", str(out), "--report", str(tmp_path / "r.json")]
+        app,
+        [
+            "ingest",
+            "--source",
+            "uci-online-retail",
+            str(src),
+            "--out",
+            str(out),
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == [
-        "customers.parquet", "meta.json", "order_lines.parquet", "orders.parquet", "products.parquet",
-        "returns.parquet", "warehouses.parquet",
+        "customers.parquet",
+        "meta.json",
+        "order_lines.parquet",
+        "orders.parquet",
+        "products.parquet",
+        "returns.parquet",
+        "warehouses.parquet",
     ]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["source"] == "uci-online-retail" and meta["cutoff"] == "2009-12-02T10:33:00"
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["column_naming"] == "online_retail_ii"
-    assert report["rows"]["excluded"]["non_goods"] == 1 and report["rows"]["excluded"]["missing_customer"] == 1
+    assert (
+        report["rows"]["excluded"]["non_goods"] == 1 and report["rows"]["excluded"]["missing_customer"] == 1
+    )
     returns = pd.read_parquet(out / "returns.parquet")
     assert returns[["line_id", "quantity"]].to_dict("records") == [{"line_id": "0", "quantity": 5}]
     assert pd.read_parquet(out / "orders.parquet")["order_ts"].tolist() == [pd.Timestamp("2009-12-01 07:45")]
@@ -510,7 +572,9 @@ def test_real_slice_matching_equals_the_reference_loop(real_slice):
     x, _ = normalise(real_slice)
     x = x.rename(columns={"invoice_ts": "ts", "stock_code": "product_id"})
     cols = ["row", "customer", "product_id", "ts", "quantity"]
-    purchases = x.loc[(outcomes == "order_line").to_numpy(), cols].assign(quantity=lambda d: d["quantity"].astype("int64"))
+    purchases = x.loc[(outcomes == "order_line").to_numpy(), cols].assign(
+        quantity=lambda d: d["quantity"].astype("int64")
+    )
     is_c = outcomes.isin(["matched_cancellation", "unmatched_cancellation"]).to_numpy()
     cancels = x.loc[is_c, cols].assign(quantity=lambda d: -d["quantity"].astype("int64"))
     pairs = check_against_reference(purchases, cancels)

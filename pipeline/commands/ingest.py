@@ -130,7 +130,9 @@ def ingest_from_params(
         return report
     if source == "uci-online-retail":
         if not data.get("uci_path"):
-            raise typer.BadParameter("params.yaml: data.uci_path is required when data.source is uci-online-retail")
+            raise typer.BadParameter(
+                "params.yaml: data.uci_path is required when data.source is uci-online-retail"
+            )
         path = Path(data["uci_path"])
         path = path if path.is_absolute() else project_root() / path
         report = ingest_uci(path, out, report_path)
@@ -140,7 +142,9 @@ def ingest_from_params(
         with atomic_path(truth / "README.md") as tmp:
             tmp.write_text(TRUTH_README.format(source=source), encoding="utf-8")
         return report
-    raise typer.BadParameter(f"params.yaml: data.source is {source!r}; expected 'generated' or 'uci-online-retail'")
+    raise typer.BadParameter(
+        f"params.yaml: data.source is {source!r}; expected 'generated' or 'uci-online-retail'"
+    )
 
 
 def _print_report(report: dict[str, Any], out: Path) -> None:
@@ -149,7 +153,9 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
 
     console = Console()
     if report.get("source") != "uci-online-retail":
-        console.print(f"[green]wrote[/green] {out}: " + ", ".join(f"{k} {v:,}" for k, v in report["tables"].items()))
+        console.print(
+            f"[green]wrote[/green] {out}: " + ", ".join(f"{k} {v:,}" for k, v in report["tables"].items())
+        )
         return
     rows = report["rows"]
     t = Table(title=f"ingest {report.get('input_file', '')} -> {out}")
@@ -168,7 +174,9 @@ def _print_report(report: dict[str, Any], out: Path) -> None:
         f"unmatched -> {c['return_rows']:,} return rows"
     )
     console.print("tables: " + ", ".join(f"{k} {v:,}" for k, v in report["tables"].items()))
-    console.print("products per category: " + ", ".join(f"{k} {v}" for k, v in report["products_per_category"].items()))
+    console.print(
+        "products per category: " + ", ".join(f"{k} {v}" for k, v in report["products_per_category"].items())
+    )
     ok = "[green]yes[/green]" if report["reconciles"] else "[red]NO[/red]"
     console.print(f"rows reconcile (input = mapped + excluded): {ok}; cutoff {report['cutoff']}")
 
@@ -180,13 +188,19 @@ def register(app: typer.Typer) -> None:
             None, help="The export file (.parquet or .csv; Online Retail or Online Retail II column names)."
         ),
         source: str = typer.Option("uci-online-retail", "--source", help="Which reader: uci-online-retail."),
-        out: Path | None = typer.Option(None, "--out", help="Folder for the canonical tables (default: params.yaml paths.raw)."),
+        out: Path | None = typer.Option(
+            None, "--out", help="Folder for the canonical tables (default: params.yaml paths.raw)."
+        ),
         report: Path | None = typer.Option(None, "--report", help="Write the ingest report (JSON) here."),
         from_params: bool = typer.Option(
-            False, "--from-params", help="Ignore PATH/--source; produce the tables from params.yaml data.source."
+            False,
+            "--from-params",
+            help="Ignore PATH/--source; produce the tables from params.yaml data.source.",
         ),
         truth: Path | None = typer.Option(
-            None, "--truth", help="With --from-params: the ground-truth folder (default: params.yaml paths.truth)."
+            None,
+            "--truth",
+            help="With --from-params: the ground-truth folder (default: params.yaml paths.truth).",
         ),
     ) -> None:
         """Map a real export into the canonical tables (+ meta.json), counting every excluded row.

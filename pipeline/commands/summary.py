@@ -65,6 +65,8 @@ def register(app: typer.Typer) -> None:
             p = path_of(key, params)
             where.add_row(key, f"{Path(p)}{'' if p.exists() else '  (not produced yet)'}")
         console.print(where)
-        console.print("Metrics: .venv/bin/dvc metrics show   Plots: .venv/bin/dvc plots show (HTML in dvc_plots/)")
+        console.print(
+            "Metrics: .venv/bin/dvc metrics show   Plots: .venv/bin/dvc plots show (HTML in dvc_plots/)"
+        )
         console.print(f"MLflow:  make mlflow-ui   (store {tracking_uri()}, then open http://127.0.0.1:5000)")
         console.print("Review flagged customers: .venv/bin/returnrisk review --init   (see README)")

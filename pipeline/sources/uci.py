@@ -110,71 +110,530 @@ FALLBACK_COUNTRY = "ZZ"
 # Ordered keyword rules over the product description (upper-cased, whole words; the first rule that
 # matches wins, so specific phrases come before the generic words they contain).
 CATEGORY_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("christmas", ("CHRISTMAS", "XMAS", "ADVENT", "SANTA", "REINDEER", "SNOWFLAKE", "SNOWMAN", "NATIVITY",
-                   "BAUBLE", "BAUBLES", "JINGLE", "ELF", "TINSEL", "NOEL", "ROBIN", "MISTLETOE", "STOCKING",
-                   "BLACKCHRISTMAS", "ICICLE", "YULETIDE")),
-    ("candles_lights", ("CANDLE", "CANDLES", "T-LIGHT", "T-LIGHTS", "TLIGHT", "TEA LIGHT", "TEALIGHT",
-                        "TEALIGHTS", "CANDLEHOLDER", "CANDLESTICK", "CANDLEPOT", "CANDLESTAND", "LIGHT",
-                        "LIGHTS", "LANTERN", "LAMP", "LAMPSHADE", "INCENSE", "OIL BURNER", "CHANDELIER", "LED",
-                        "NIGHTLIGHT", "LIGHTBULB", "UBO-LIGHT", "FRAGRANCE", "MATCHES")),
-    ("bags", ("BAG", "BAGS", "HANDBAG", "PURSE", "WALLET", "WASHBAG", "TOTE", "SHOPPER", "BACKPACK",
-              "RUCKSACK", "CASE", "SATCHEL", "HOLDALL", "PASSPORT COVER", "VIPPASSPORT")),
-    ("jewellery_accessories", ("NECKLACE", "NECKL", "BRACELET", "BRACLET", "EARRINGS", "EARRING", "RING",
-                               "PENDANT", "BROOCH", "BANGLE", "CHARM", "CHARMS", "DIAMANTE", "BEAD", "BEADS",
-                               "BEADED", "HAIR", "HAIRCLIP", "HAIRCLIPS", "HAIRBAND", "HAIRSLIDE", "LARIAT",
-                               "SCARF", "GLOVES", "UMBRELLA", "SUNGLASSES", "JEWELLERY", "KEYRING", "KEYRINGS",
-                               "KEY FOB", "KEY-CHAINS", "WATCH", "LIP GLOSS", "PONCHO", "RAIN MAC", "RAIN HAT",
-                               "TIARAS", "CLIPS")),
-    ("toys_party", ("TOY", "TOYS", "GAME", "GAMES", "JIGSAW", "PUZZLE", "DOLL", "DOLLS", "DOLLY", "TEDDY",
-                    "PLAYING CARDS", "DOMINOES", "DOMINO", "SKIPPING", "BALLOON", "BALLOONS", "PARTY",
-                    "BIRTHDAY", "BUBBLES", "SPINNING", "MARBLES", "KNITTING", "CRAYONS", "COLOURING",
-                    "PAINT", "PAINTING", "MAGIC", "FELTCRAFT", "SOLDIER", "RACING", "CIRCUS", "KIT",
-                    "PLAYHOUSE", "STICKER", "STICKERS", "TATTOOS", "HELICOPTER", "RATTLE", "FANCY DRESS",
-                    "INFLATABLE", "PUPPET", "SKITTLES", "LUDO", "BINGO", "SNAKES", "CROSSES", "MODELLING",
-                    "FLYING DISC", "ROCKING HORSE", "STENCIL", "BUILDING BLOCK", "GLIDERS", "BADGES",
-                    "PATCHES", "TOOL SET", "COOKING SET", "GRASS SKIRT", "SOMBRERO", "LOLLY MAKERS",
-                    "CREEPY CRAWLIES", "EIGHT PIECE", "FARM ANIMAL", "SEWING", "PIGGY BANK", "MONEY BOX")),
-    ("stationery_cards", ("CARD", "CARDS", "PAPER", "WRAP", "NOTEBOOK", "NOTEBOOKS", "NOTEPAD", "PENCIL",
-                          "PENCILS", "PEN", "PENS", "TAPE", "TAPES", "CALENDAR", "SKETCHBOOK", "ENVELOPE",
-                          "ENVELOPES", "ERASER", "ERASERS", "RUBBER", "RUBBERS", "RULER", "BOOK", "BOOKS",
-                          "DIARY", "JOURNAL", "CHALK", "TAG", "TAGS", "TISSUE", "TISSUES", "STATIONERY", "MEMO",
-                          "MEMOBOARD", "POSTCARD", "LETTER", "LETTERS", "ORIGAMI", "CONFETTI", "GIFTWRAP",
-                          "SCISSORS", "SCISSOR", "RIBBON", "RIBBONS", "PAPERWEIGHT", "STAMP", "HOLE PUNCH",
-                          "WRITING SET", "TOAST ITS")),
-    ("kitchen_dining", ("MUG", "MUGS", "CUP", "CUPS", "SAUCER", "SAUCERS", "BOWL", "BOWLS", "PLATE",
-                        "PLATES", "TEA", "TEAPOT", "TEACUP", "COFFEE", "CAKE", "CAKES", "CAKESTAND",
-                        "BAKING", "CUTLERY", "SPOON", "SPOONS", "FORK", "KNIFE", "JAR", "JARS", "JUG",
-                        "TRAY", "TRAYS", "LUNCH", "NAPKIN", "NAPKINS", "KITCHEN", "PANTRY", "APRON", "COASTER",
-                        "COASTERS", "PICNIC", "BOTTLE", "BEAKER", "BEAKERS", "DISH", "SUGAR", "MILK",
-                        "BISCUIT", "CHOPPING", "OVEN", "TOWEL", "STRAWS", "EGG", "GLASSES", "TUMBLER",
-                        "CHOCOLATE", "RECIPE", "BREAD", "BUTTER", "JAM", "FOOD", "SNACK", "DOILY", "DOILIES",
-                        "TEATIME", "BREAKFAST", "DINNER", "PAN", "COOKIE", "CUTTER", "MOULD", "MOULDS", "WINE",
-                        "GLASS", "PLACEMAT", "PLACEMATS", "PLATTER", "FRUITBOWL", "COLANDER", "SQUEEZER",
-                        "CHOPSTICKS", "TOASTRACK", "SALT", "PEPPER", "CANNISTER", "FLASK", "PETIT FOUR",
-                        "COCKTAIL", "TABLECLOTH")),
-    ("home_textiles_bath", ("CUSHION", "CUSHIONS", "SQUARECUSHION", "C COVER", "FILLER PAD", "BLANKET",
-                            "THROW", "QUILT", "DOORMAT", "MAT", "RUG", "CURTAIN", "BATH", "BATHROOM", "SOAP",
-                            "FLANNEL", "SPONGE", "TOILET", "COSMETIC", "WARMER", "SLIPPERS", "SLIPPER", "SOCK",
-                            "HOT WATER", "PILLOW", "EIDERDOWN", "LAVENDER", "SHOWER", "BIB", "IRONING")),
-    ("garden_outdoor", ("GARDEN", "GARDENERS", "PLANT", "PLANTER", "PLANTERS", "POT", "POTS", "WATERING",
-                        "BIRD FEEDER", "BIRDHOUSE", "BIRD HOUSE", "BIRD TABLE", "PARASOL", "SEED", "SEEDS",
-                        "SHED", "HEN HOUSE", "BEACH", "OUTDOOR", "HERB", "HERBS", "TROWEL", "FLOWERPOT", "GNOME",
-                        "WINDMILL", "SECATEURS", "WINDSOCK", "SANDCASTLE", "HAMMOCK", "WHEELBARROW",
-                        "BUCKET", "FLY SWAT", "BICYCLE", "CAR FLAG")),
-    ("storage", ("BOX", "BOXES", "STORAGE", "BASKET", "BASKETS", "TIN", "TINS", "DRAWER", "DRAWERS",
-                 "CABINET", "HOOK", "HOOKS", "HANGER", "HANGERS", "RACK", "SHELF", "BIN", "CONTAINER",
-                 "TRINKET", "CRATE", "CRATES", "CHEST", "TIDY", "ORGANISER", "POUFFE", "HOLDER", "STAND",
-                 "PEG", "PEGS")),
-    ("home_decor", ("DECORATION", "DECORATIONS", "HANGING", "SIGN", "DOORSIGN", "FRAME", "PHOTOFRAME",
-                    "MIRROR", "CLOCK", "GARLAND", "BUNTING", "WREATH", "ORNAMENT", "DOORSTOP", "WALL", "PHOTO",
-                    "PICTURE", "VASE", "TILE", "MOBILE", "CHIME", "CHIMES", "WINDCHIME", "BELL", "BELLS",
-                    "HEART", "HEARTS", "PLAQUE", "DOORKNOB", "DRAWERKNOB", "KNOB", "ART", "FIGURE",
-                    "BLACKBOARD", "BLACK BOARD", "CHALKBOARD", "FLOWER", "FLOWERS", "STAR", "STARS", "BIRD",
-                    "BIRDS", "BUTTERFLY", "BUTTERFLIES", "FEATHER", "CROCHET", "CANVAS", "MAGNET", "MAGNETS",
-                    "FAN", "FLYING DUCKS", "BUDDHA", "PENNANT", "ROSETTE", "FLAG", "EASTER", "BUNNY",
-                    "BUNNIES", "CHICKS", "HEN", "RABBIT", "TOADSTOOL", "MUSHROOM", "PRINT", "DISCO BALL",
-                    "SHELL", "ASHTRAY", "SCREEN", "DEC", "CAT", "DOG", "GEISHA", "ROSE", "DAISY",
-                    "PORTOBELLO", "PEARS", "RETRO RADIO", "ANGEL")),
+    (
+        "christmas",
+        (
+            "CHRISTMAS",
+            "XMAS",
+            "ADVENT",
+            "SANTA",
+            "REINDEER",
+            "SNOWFLAKE",
+            "SNOWMAN",
+            "NATIVITY",
+            "BAUBLE",
+            "BAUBLES",
+            "JINGLE",
+            "ELF",
+            "TINSEL",
+            "NOEL",
+            "ROBIN",
+            "MISTLETOE",
+            "STOCKING",
+            "BLACKCHRISTMAS",
+            "ICICLE",
+            "YULETIDE",
+        ),
+    ),
+    (
+        "candles_lights",
+        (
+            "CANDLE",
+            "CANDLES",
+            "T-LIGHT",
+            "T-LIGHTS",
+            "TLIGHT",
+            "TEA LIGHT",
+            "TEALIGHT",
+            "TEALIGHTS",
+            "CANDLEHOLDER",
+            "CANDLESTICK",
+            "CANDLEPOT",
+            "CANDLESTAND",
+            "LIGHT",
+            "LIGHTS",
+            "LANTERN",
+            "LAMP",
+            "LAMPSHADE",
+            "INCENSE",
+            "OIL BURNER",
+            "CHANDELIER",
+            "LED",
+            "NIGHTLIGHT",
+            "LIGHTBULB",
+            "UBO-LIGHT",
+            "FRAGRANCE",
+            "MATCHES",
+        ),
+    ),
+    (
+        "bags",
+        (
+            "BAG",
+            "BAGS",
+            "HANDBAG",
+            "PURSE",
+            "WALLET",
+            "WASHBAG",
+            "TOTE",
+            "SHOPPER",
+            "BACKPACK",
+            "RUCKSACK",
+            "CASE",
+            "SATCHEL",
+            "HOLDALL",
+            "PASSPORT COVER",
+            "VIPPASSPORT",
+        ),
+    ),
+    (
+        "jewellery_accessories",
+        (
+            "NECKLACE",
+            "NECKL",
+            "BRACELET",
+            "BRACLET",
+            "EARRINGS",
+            "EARRING",
+            "RING",
+            "PENDANT",
+            "BROOCH",
+            "BANGLE",
+            "CHARM",
+            "CHARMS",
+            "DIAMANTE",
+            "BEAD",
+            "BEADS",
+            "BEADED",
+            "HAIR",
+            "HAIRCLIP",
+            "HAIRCLIPS",
+            "HAIRBAND",
+            "HAIRSLIDE",
+            "LARIAT",
+            "SCARF",
+            "GLOVES",
+            "UMBRELLA",
+            "SUNGLASSES",
+            "JEWELLERY",
+            "KEYRING",
+            "KEYRINGS",
+            "KEY FOB",
+            "KEY-CHAINS",
+            "WATCH",
+            "LIP GLOSS",
+            "PONCHO",
+            "RAIN MAC",
+            "RAIN HAT",
+            "TIARAS",
+            "CLIPS",
+        ),
+    ),
+    (
+        "toys_party",
+        (
+            "TOY",
+            "TOYS",
+            "GAME",
+            "GAMES",
+            "JIGSAW",
+            "PUZZLE",
+            "DOLL",
+            "DOLLS",
+            "DOLLY",
+            "TEDDY",
+            "PLAYING CARDS",
+            "DOMINOES",
+            "DOMINO",
+            "SKIPPING",
+            "BALLOON",
+            "BALLOONS",
+            "PARTY",
+            "BIRTHDAY",
+            "BUBBLES",
+            "SPINNING",
+            "MARBLES",
+            "KNITTING",
+            "CRAYONS",
+            "COLOURING",
+            "PAINT",
+            "PAINTING",
+            "MAGIC",
+            "FELTCRAFT",
+            "SOLDIER",
+            "RACING",
+            "CIRCUS",
+            "KIT",
+            "PLAYHOUSE",
+            "STICKER",
+            "STICKERS",
+            "TATTOOS",
+            "HELICOPTER",
+            "RATTLE",
+            "FANCY DRESS",
+            "INFLATABLE",
+            "PUPPET",
+            "SKITTLES",
+            "LUDO",
+            "BINGO",
+            "SNAKES",
+            "CROSSES",
+            "MODELLING",
+            "FLYING DISC",
+            "ROCKING HORSE",
+            "STENCIL",
+            "BUILDING BLOCK",
+            "GLIDERS",
+            "BADGES",
+            "PATCHES",
+            "TOOL SET",
+            "COOKING SET",
+            "GRASS SKIRT",
+            "SOMBRERO",
+            "LOLLY MAKERS",
+            "CREEPY CRAWLIES",
+            "EIGHT PIECE",
+            "FARM ANIMAL",
+            "SEWING",
+            "PIGGY BANK",
+            "MONEY BOX",
+        ),
+    ),
+    (
+        "stationery_cards",
+        (
+            "CARD",
+            "CARDS",
+            "PAPER",
+            "WRAP",
+            "NOTEBOOK",
+            "NOTEBOOKS",
+            "NOTEPAD",
+            "PENCIL",
+            "PENCILS",
+            "PEN",
+            "PENS",
+            "TAPE",
+            "TAPES",
+            "CALENDAR",
+            "SKETCHBOOK",
+            "ENVELOPE",
+            "ENVELOPES",
+            "ERASER",
+            "ERASERS",
+            "RUBBER",
+            "RUBBERS",
+            "RULER",
+            "BOOK",
+            "BOOKS",
+            "DIARY",
+            "JOURNAL",
+            "CHALK",
+            "TAG",
+            "TAGS",
+            "TISSUE",
+            "TISSUES",
+            "STATIONERY",
+            "MEMO",
+            "MEMOBOARD",
+            "POSTCARD",
+            "LETTER",
+            "LETTERS",
+            "ORIGAMI",
+            "CONFETTI",
+            "GIFTWRAP",
+            "SCISSORS",
+            "SCISSOR",
+            "RIBBON",
+            "RIBBONS",
+            "PAPERWEIGHT",
+            "STAMP",
+            "HOLE PUNCH",
+            "WRITING SET",
+            "TOAST ITS",
+        ),
+    ),
+    (
+        "kitchen_dining",
+        (
+            "MUG",
+            "MUGS",
+            "CUP",
+            "CUPS",
+            "SAUCER",
+            "SAUCERS",
+            "BOWL",
+            "BOWLS",
+            "PLATE",
+            "PLATES",
+            "TEA",
+            "TEAPOT",
+            "TEACUP",
+            "COFFEE",
+            "CAKE",
+            "CAKES",
+            "CAKESTAND",
+            "BAKING",
+            "CUTLERY",
+            "SPOON",
+            "SPOONS",
+            "FORK",
+            "KNIFE",
+            "JAR",
+            "JARS",
+            "JUG",
+            "TRAY",
+            "TRAYS",
+            "LUNCH",
+            "NAPKIN",
+            "NAPKINS",
+            "KITCHEN",
+            "PANTRY",
+            "APRON",
+            "COASTER",
+            "COASTERS",
+            "PICNIC",
+            "BOTTLE",
+            "BEAKER",
+            "BEAKERS",
+            "DISH",
+            "SUGAR",
+            "MILK",
+            "BISCUIT",
+            "CHOPPING",
+            "OVEN",
+            "TOWEL",
+            "STRAWS",
+            "EGG",
+            "GLASSES",
+            "TUMBLER",
+            "CHOCOLATE",
+            "RECIPE",
+            "BREAD",
+            "BUTTER",
+            "JAM",
+            "FOOD",
+            "SNACK",
+            "DOILY",
+            "DOILIES",
+            "TEATIME",
+            "BREAKFAST",
+            "DINNER",
+            "PAN",
+            "COOKIE",
+            "CUTTER",
+            "MOULD",
+            "MOULDS",
+            "WINE",
+            "GLASS",
+            "PLACEMAT",
+            "PLACEMATS",
+            "PLATTER",
+            "FRUITBOWL",
+            "COLANDER",
+            "SQUEEZER",
+            "CHOPSTICKS",
+            "TOASTRACK",
+            "SALT",
+            "PEPPER",
+            "CANNISTER",
+            "FLASK",
+            "PETIT FOUR",
+            "COCKTAIL",
+            "TABLECLOTH",
+        ),
+    ),
+    (
+        "home_textiles_bath",
+        (
+            "CUSHION",
+            "CUSHIONS",
+            "SQUARECUSHION",
+            "C COVER",
+            "FILLER PAD",
+            "BLANKET",
+            "THROW",
+            "QUILT",
+            "DOORMAT",
+            "MAT",
+            "RUG",
+            "CURTAIN",
+            "BATH",
+            "BATHROOM",
+            "SOAP",
+            "FLANNEL",
+            "SPONGE",
+            "TOILET",
+            "COSMETIC",
+            "WARMER",
+            "SLIPPERS",
+            "SLIPPER",
+            "SOCK",
+            "HOT WATER",
+            "PILLOW",
+            "EIDERDOWN",
+            "LAVENDER",
+            "SHOWER",
+            "BIB",
+            "IRONING",
+        ),
+    ),
+    (
+        "garden_outdoor",
+        (
+            "GARDEN",
+            "GARDENERS",
+            "PLANT",
+            "PLANTER",
+            "PLANTERS",
+            "POT",
+            "POTS",
+            "WATERING",
+            "BIRD FEEDER",
+            "BIRDHOUSE",
+            "BIRD HOUSE",
+            "BIRD TABLE",
+            "PARASOL",
+            "SEED",
+            "SEEDS",
+            "SHED",
+            "HEN HOUSE",
+            "BEACH",
+            "OUTDOOR",
+            "HERB",
+            "HERBS",
+            "TROWEL",
+            "FLOWERPOT",
+            "GNOME",
+            "WINDMILL",
+            "SECATEURS",
+            "WINDSOCK",
+            "SANDCASTLE",
+            "HAMMOCK",
+            "WHEELBARROW",
+            "BUCKET",
+            "FLY SWAT",
+            "BICYCLE",
+            "CAR FLAG",
+        ),
+    ),
+    (
+        "storage",
+        (
+            "BOX",
+            "BOXES",
+            "STORAGE",
+            "BASKET",
+            "BASKETS",
+            "TIN",
+            "TINS",
+            "DRAWER",
+            "DRAWERS",
+            "CABINET",
+            "HOOK",
+            "HOOKS",
+            "HANGER",
+            "HANGERS",
+            "RACK",
+            "SHELF",
+            "BIN",
+            "CONTAINER",
+            "TRINKET",
+            "CRATE",
+            "CRATES",
+            "CHEST",
+            "TIDY",
+            "ORGANISER",
+            "POUFFE",
+            "HOLDER",
+            "STAND",
+            "PEG",
+            "PEGS",
+        ),
+    ),
+    (
+        "home_decor",
+        (
+            "DECORATION",
+            "DECORATIONS",
+            "HANGING",
+            "SIGN",
+            "DOORSIGN",
+            "FRAME",
+            "PHOTOFRAME",
+            "MIRROR",
+            "CLOCK",
+            "GARLAND",
+            "BUNTING",
+            "WREATH",
+            "ORNAMENT",
+            "DOORSTOP",
+            "WALL",
+            "PHOTO",
+            "PICTURE",
+            "VASE",
+            "TILE",
+            "MOBILE",
+            "CHIME",
+            "CHIMES",
+            "WINDCHIME",
+            "BELL",
+            "BELLS",
+            "HEART",
+            "HEARTS",
+            "PLAQUE",
+            "DOORKNOB",
+            "DRAWERKNOB",
+            "KNOB",
+            "ART",
+            "FIGURE",
+            "BLACKBOARD",
+            "BLACK BOARD",
+            "CHALKBOARD",
+            "FLOWER",
+            "FLOWERS",
+            "STAR",
+            "STARS",
+            "BIRD",
+            "BIRDS",
+            "BUTTERFLY",
+            "BUTTERFLIES",
+            "FEATHER",
+            "CROCHET",
+            "CANVAS",
+            "MAGNET",
+            "MAGNETS",
+            "FAN",
+            "FLYING DUCKS",
+            "BUDDHA",
+            "PENNANT",
+            "ROSETTE",
+            "FLAG",
+            "EASTER",
+            "BUNNY",
+            "BUNNIES",
+            "CHICKS",
+            "HEN",
+            "RABBIT",
+            "TOADSTOOL",
+            "MUSHROOM",
+            "PRINT",
+            "DISCO BALL",
+            "SHELL",
+            "ASHTRAY",
+            "SCREEN",
+            "DEC",
+            "CAT",
+            "DOG",
+            "GEISHA",
+            "ROSE",
+            "DAISY",
+            "PORTOBELLO",
+            "PEARS",
+            "RETRO RADIO",
+            "ANGEL",
+        ),
+    ),
     ("furniture", ("STOOL", "CHAIR", "TABLE", "SEAT", "BENCH", "SOFA", "DESK", "LADDER", "BASIN")),
 )
 OTHER_CATEGORY = "other"
@@ -217,7 +676,9 @@ def _id_text_unique(u: pd.Series) -> pd.Series:
         num = pd.to_numeric(u)
         whole = num == np.floor(num)
         return pd.Series(
-            np.where(whole, num.round().astype("int64").astype("str"), num.astype("str")), index=u.index, dtype="str"
+            np.where(whole, num.round().astype("int64").astype("str"), num.astype("str")),
+            index=u.index,
+            dtype="str",
         )
     text = u.astype("str").str.strip().str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
     return text.mask(text.isin(["", "nan", "NaN", "None", "<NA>"]))
@@ -284,6 +745,7 @@ def normalise(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
 def non_goods_kind(x: pd.DataFrame) -> pd.Series:
     """Why a normalised row is not merchandise (postage, fee, manual_adjustment, gift_voucher,
     adjustment_invoice), or <NA> for goods."""
+
     def by_code(u: pd.Series) -> pd.Series:
         kind = u.map(NON_GOODS_CODES)
         return kind.mask(kind.isna() & u.str.match(GIFT_VOUCHER.pattern), "gift_voucher")
@@ -297,7 +759,10 @@ def country_codes(names: pd.Series) -> tuple[pd.Series, pd.Series]:
     """ISO alpha-2 per UCI country name, and a flag for names that mean "unknown" (code still filled)."""
     from features.geo import country_centroids
 
-    lookup = {str(n).upper(): str(c) for n, c in zip(country_centroids()["name"], country_centroids()["country"], strict=True)}
+    lookup = {
+        str(n).upper(): str(c)
+        for n, c in zip(country_centroids()["name"], country_centroids()["country"], strict=True)
+    }
     lookup.update(COUNTRY_ALIASES)
     known = _per_unique(names, lambda u: u.str.upper().map(lookup))
     unknown = known.isna()
@@ -332,19 +797,23 @@ def match_cancellations(purchases: pd.DataFrame, cancels: pd.DataFrame) -> tuple
     units consumed after k are C_k = min(C_{k-1} + q_k, P_k) = S_k + min(0, cummin_j<=k(P_j - S_j)), so
     each cancellation is an interval of the group's purchase-unit axis, intersected by binary search.
     """
-    empty_pairs = pd.DataFrame({
-        "purchase_row": pd.Series(dtype="int64"), "cancel_row": pd.Series(dtype="int64"),
-        "quantity": pd.Series(dtype="int64"), "return_ts": pd.Series(dtype="datetime64[us]"),
-    })
+    empty_pairs = pd.DataFrame(
+        {
+            "purchase_row": pd.Series(dtype="int64"),
+            "cancel_row": pd.Series(dtype="int64"),
+            "quantity": pd.Series(dtype="int64"),
+            "return_ts": pd.Series(dtype="datetime64[us]"),
+        }
+    )
     matched = pd.Series(0, index=cancels["row"].to_numpy(), dtype="int64")
     if cancels.empty or purchases.empty:
         return empty_pairs, matched
     key_cols = ["customer", "product_id"]
     keys = cancels[key_cols].drop_duplicates()
     p = purchases.merge(keys, on=key_cols, how="inner")
-    ev = pd.concat(
-        [p.assign(kind=np.int8(0)), cancels.assign(kind=np.int8(1))], ignore_index=True
-    )[[*key_cols, "ts", "kind", "row", "quantity"]]
+    ev = pd.concat([p.assign(kind=np.int8(0)), cancels.assign(kind=np.int8(1))], ignore_index=True)[
+        [*key_cols, "ts", "kind", "row", "quantity"]
+    ]
     ev = ev.sort_values([*key_cols, "ts", "kind", "row"], kind="stable", ignore_index=True)
     g = ev.groupby(key_cols, sort=False).ngroup().to_numpy()
     is_c = ev["kind"].to_numpy() == 1
@@ -379,12 +848,14 @@ def match_cancellations(purchases: pd.DataFrame, cancels: pd.DataFrame) -> tuple
     offsets = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
     pi = first[ci] + offsets
     overlap = np.minimum(c_end[ci], p_end[pi]) - np.maximum(c_start[ci], p_start[pi])
-    pairs = pd.DataFrame({
-        "purchase_row": p_rows[pi].astype("int64"),
-        "cancel_row": c_rows_m[ci].astype("int64"),
-        "quantity": overlap.astype("int64"),
-        "return_ts": c_ts[ci],
-    })
+    pairs = pd.DataFrame(
+        {
+            "purchase_row": p_rows[pi].astype("int64"),
+            "cancel_row": c_rows_m[ci].astype("int64"),
+            "quantity": overlap.astype("int64"),
+            "return_ts": c_ts[ci],
+        }
+    )
     return pairs, matched
 
 
@@ -416,9 +887,24 @@ def map_with_outcomes(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
     price = x["unit_price"].fillna(0).to_numpy(dtype="float64")
     no_customer = x["customer"].isna().to_numpy()
     outcome = np.select(
-        [missing, non_goods, ~is_cancel & (qty <= 0), is_cancel & (qty >= 0), no_customer, price < 0, is_cancel],
-        ["missing_required_value", "non_goods", "stock_adjustment", "invalid_cancellation",
-         "missing_customer", "negative_price", MATCHED_CANCELLATION],
+        [
+            missing,
+            non_goods,
+            ~is_cancel & (qty <= 0),
+            is_cancel & (qty >= 0),
+            no_customer,
+            price < 0,
+            is_cancel,
+        ],
+        [
+            "missing_required_value",
+            "non_goods",
+            "stock_adjustment",
+            "invalid_cancellation",
+            "missing_customer",
+            "negative_price",
+            MATCHED_CANCELLATION,
+        ],
         default=ORDER_LINE,
     ).astype(object)
 
@@ -437,7 +923,9 @@ def map_with_outcomes(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
 
     cancels = x[outcome == MATCHED_CANCELLATION]
     pairs, matched = match_cancellations(
-        lines[["row", "customer", "product_id", "invoice_ts", "quantity"]].rename(columns={"invoice_ts": "ts"}),
+        lines[["row", "customer", "product_id", "invoice_ts", "quantity"]].rename(
+            columns={"invoice_ts": "ts"}
+        ),
         cancels[["row", "customer", "product_id", "invoice_ts", "quantity"]]
         .rename(columns={"invoice_ts": "ts"})
         .assign(quantity=lambda d: -d["quantity"]),
@@ -448,22 +936,30 @@ def map_with_outcomes(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
 
     orders = (
         lines.groupby("invoice", sort=True)
-        .agg(customer_id=("customer", "first"), order_ts=("invoice_ts", "min"), ship_country=("ship_country", "first"))
+        .agg(
+            customer_id=("customer", "first"),
+            order_ts=("invoice_ts", "min"),
+            ship_country=("ship_country", "first"),
+        )
         .reset_index()
         .rename(columns={"invoice": "order_id"})
     )
     orders["warehouse_id"] = WAREHOUSE_ID
     orders = orders[["order_id", "customer_id", "order_ts", "ship_country", "warehouse_id"]]
 
-    order_lines = pd.DataFrame({
-        "line_id": lines["row"].astype("str").to_numpy(),
-        "order_id": lines["invoice"].to_numpy(),
-        "product_id": lines["product_id"].to_numpy(),
-        "quantity": lines["quantity"].to_numpy(dtype="int64"),
-        "unit_price": lines["unit_price"].to_numpy(dtype="float64"),
-    })
+    order_lines = pd.DataFrame(
+        {
+            "line_id": lines["row"].astype("str").to_numpy(),
+            "order_id": lines["invoice"].to_numpy(),
+            "product_id": lines["product_id"].to_numpy(),
+            "quantity": lines["quantity"].to_numpy(dtype="int64"),
+            "unit_price": lines["unit_price"].to_numpy(dtype="float64"),
+        }
+    )
     customers = _mode_per_key(lines, "customer", "ship_country", "invoice_ts").rename("country").reset_index()
-    customers = customers.rename(columns={"customer": "customer_id"}).sort_values("customer_id", ignore_index=True)
+    customers = customers.rename(columns={"customer": "customer_id"}).sort_values(
+        "customer_id", ignore_index=True
+    )
 
     described = lines.dropna(subset=["description"])
     desc = _mode_per_key(described, "product_id", "description", "invoice_ts")
@@ -477,15 +973,18 @@ def map_with_outcomes(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
     # One return event per (line, time): cancellations of the same line at the same minute (the export
     # repeats some cancellation rows) are summed, never recorded as duplicate events.
     events = (
-        pairs.groupby(["purchase_row", "return_ts"], as_index=False, sort=False)["quantity"].sum()
+        pairs.groupby(["purchase_row", "return_ts"], as_index=False, sort=False)["quantity"]
+        .sum()
         .sort_values(["return_ts", "purchase_row"], kind="stable", ignore_index=True)
     )
-    returns = pd.DataFrame({
-        "line_id": events["purchase_row"].astype("str").to_numpy(),
-        "return_ts": events["return_ts"].to_numpy(),
-        "quantity": events["quantity"].to_numpy(dtype="int64"),
-        "reason": pd.Series(pd.NA, index=range(len(events)), dtype="str"),
-    })
+    returns = pd.DataFrame(
+        {
+            "line_id": events["purchase_row"].astype("str").to_numpy(),
+            "return_ts": events["return_ts"].to_numpy(),
+            "quantity": events["quantity"].to_numpy(dtype="int64"),
+            "reason": pd.Series(pd.NA, index=range(len(events)), dtype="str"),
+        }
+    )
 
     for t in (orders, order_lines, customers, products, warehouses, returns):
         for c in t.columns:
@@ -500,15 +999,37 @@ def map_with_outcomes(df: pd.DataFrame) -> tuple[dict[str, pd.DataFrame], dict[s
         "order_lines": order_lines,
         "returns": returns,
     }
-    report = _report(x, outcome, naming, len(pairs), cancels, cancel_units, matched_units, tables, unknown_names,
-                     n_unknown_resolved, ng_kind)
+    report = _report(
+        x,
+        outcome,
+        naming,
+        len(pairs),
+        cancels,
+        cancel_units,
+        matched_units,
+        tables,
+        unknown_names,
+        n_unknown_resolved,
+        ng_kind,
+    )
     if not report["reconciles"]:  # an internal invariant: every row has exactly one outcome
         raise RuntimeError(f"row outcomes do not reconcile: {report['rows']}")
     return tables, report, pd.Series(outcome, index=x["row"].to_numpy(), dtype="str", name="outcome")
 
 
-def _report(x, outcome, naming, n_pairs, cancels, cancel_units, matched_units, tables, unknown_names,
-            n_unknown_resolved, ng_kind) -> dict[str, Any]:
+def _report(
+    x,
+    outcome,
+    naming,
+    n_pairs,
+    cancels,
+    cancel_units,
+    matched_units,
+    tables,
+    unknown_names,
+    n_unknown_resolved,
+    ng_kind,
+) -> dict[str, Any]:
     """Counts by outcome and reason, cancellations matched/unmatched, products per category."""
     counts = pd.Series(outcome).value_counts()
     excluded = {r: int(counts.get(r, 0)) for r in EXCLUSION_REASONS}
@@ -548,7 +1069,9 @@ def _report(x, outcome, naming, n_pairs, cancels, cancel_units, matched_units, t
             "units_unmatched": int((cancel_units - matched_units).sum()),
             "cancellation_purchase_pairs": n_pairs,
             "return_rows": len(tables["returns"]),
-            "without_customer": int((cancel_rows_all & x["customer"].isna() & (outcome == "missing_customer")).sum()),
+            "without_customer": int(
+                (cancel_rows_all & x["customer"].isna() & (outcome == "missing_customer")).sum()
+            ),
         },
         "order_lines": {
             "zero_price": int((lines["unit_price"] == 0).sum()),
