@@ -236,24 +236,30 @@ def build_views(forest: Forest) -> tuple[Views, np.ndarray, np.ndarray]:
 
 
 @nb.njit(cache=True, inline="always")
+def view_value(x, v, cat, nan, zero, bits_start, bits_end, bits):
+    """Feature value x as view v sees it: LightGBM's missing-value rule (NaN / near-zero to the view's
+    stand-in) or, for a categorical view, 0.0 when x is in the split's category set and 1.0 otherwise."""
+    if cat[v]:
+        out_of_set = 1.0
+        if x > -1.0 and x < 2147483648.0:  # int(x) >= 0, as LightGBM's static_cast
+            c = int(x)
+            w = bits_start[v] + (c >> 5)
+            if w < bits_end[v] and (bits[w] >> np.uint32(c & 31)) & np.uint32(1):
+                out_of_set = 0.0
+        return out_of_set
+    if x != x:
+        return nan[v]
+    if abs(x) <= 1e-35:
+        return zero[v]
+    return x
+
+
+@nb.njit(cache=True, inline="always")
 def fill_views(X, lo, hi, src, cat, nan, zero, bits_start, bits_end, bits, V):
     """V[r - lo, v] = view v of row r, for rows lo..hi-1 (LightGBM's missing-value and category rules)."""
     for r in range(lo, hi):
         for v in range(src.shape[0]):
-            x = X[r, src[v]]
-            if cat[v]:
-                out_of_set = 1.0
-                if x > -1.0 and x < 2147483648.0:  # int(x) >= 0, as LightGBM's static_cast
-                    c = int(x)
-                    w = bits_start[v] + (c >> 5)
-                    if w < bits_end[v] and (bits[w] >> np.uint32(c & 31)) & np.uint32(1):
-                        out_of_set = 0.0
-                x = out_of_set
-            elif x != x:
-                x = nan[v]
-            elif abs(x) <= 1e-35:
-                x = zero[v]
-            V[r - lo, v] = x
+            V[r - lo, v] = view_value(X[r, src[v]], v, cat, nan, zero, bits_start, bits_end, bits)
 
 
 @nb.njit(cache=True, inline="always")
@@ -263,20 +269,7 @@ def fill_views_t(X, lo, hi, src, cat, nan, zero, bits_start, bits_end, bits, VT)
     for v in range(src.shape[0]):
         j = src[v]
         for r in range(lo, hi):
-            x = X[r, j]
-            if cat[v]:
-                out_of_set = 1.0
-                if x > -1.0 and x < 2147483648.0:  # int(x) >= 0, as LightGBM's static_cast
-                    c = int(x)
-                    w = bits_start[v] + (c >> 5)
-                    if w < bits_end[v] and (bits[w] >> np.uint32(c & 31)) & np.uint32(1):
-                        out_of_set = 0.0
-                x = out_of_set
-            elif x != x:
-                x = nan[v]
-            elif abs(x) <= 1e-35:
-                x = zero[v]
-            VT[v, r - lo] = x
+            VT[v, r - lo] = view_value(X[r, j], v, cat, nan, zero, bits_start, bits_end, bits)
 
 
 def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect | None:
