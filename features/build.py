@@ -200,6 +200,19 @@ def _chunk_bounds(ctx: Context) -> list[tuple[int, int, str, str]]:
     return [(a, b, ts.get(a, "infinity"), ts.get(max(a, b - 1), "-infinity")) for a, b in cuts]
 
 
+def _ordered_by_qi(table: Any, a: int, b: int) -> Any:
+    """`table` (one row per qi in a..b-1, as a join returns them: unordered) put in qi order by a
+    permutation; a missing or extra row is an engine error, not something to pass on."""
+    qi = table.column(_QI).to_numpy()
+    if len(qi) != b - a:
+        raise RuntimeError(f"assembly: chunk of qi {a}..{b} returned {len(qi)} rows")
+    if len(qi) and not (qi[0] == a and (np.diff(qi) == 1).all()):
+        order = np.empty(b - a, np.int64)
+        order[qi - a] = np.arange(b - a)
+        table = table.take(order)
+    return table
+
+
 def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
     """The feature table (Arrow) in qi order, one chunk of target lines after another.
 
@@ -249,28 +262,14 @@ def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
         ctes += [f"{t} AS (SELECT * FROM temp.main.{t} WHERE {between})" for t in tables]
         ctes += [f"{v} AS (SELECT * FROM temp.main._asm_{v})" for v in sorted(views)]
         t0 = time.perf_counter()
-        part = ctx.con.sql(f"WITH {', '.join(ctes)}\n{narrow_sql}").to_arrow_table()
-        qi = part.column(_QI).to_numpy()
-        if len(qi) != b - a:
-            raise RuntimeError(f"assembly: chunk of qi {a}..{b} returned {len(qi)} rows")
-        if len(qi) and not (qi[0] == a and (np.diff(qi) == 1).all()):
-            order = np.empty(b - a, np.int64)
-            order[qi - a] = np.arange(b - a)
-            part = part.take(order)
+        part = _ordered_by_qi(ctx.con.sql(f"WITH {', '.join(ctes)}\n{narrow_sql}").to_arrow_table(), a, b)
         s = sx0.slice(a, b - a)
         flat = {f"s__{f}": s.column(f) for f in fields["s"]}
         flat.update({c: part.column(c) for c in part.column_names})
         ctx.con.register("assembly_chunk", pa.table(flat))
         t1 = time.perf_counter()
-        table = ctx.con.sql(final_sql).to_arrow_table()
+        table = _ordered_by_qi(ctx.con.sql(final_sql).to_arrow_table(), a, b)
         ctx.con.unregister("assembly_chunk")
-        qi = table.column(_QI).to_numpy()
-        if len(qi) != b - a:
-            raise RuntimeError(f"assembly: chunk of qi {a}..{b} returned {len(qi)} rows")
-        if len(qi) and not (qi[0] == a and (np.diff(qi) == 1).all()):
-            order = np.empty(b - a, np.int64)
-            order[qi - a] = np.arange(b - a)
-            table = table.take(order)
         t2 = time.perf_counter()
         ctx.timings["assemble_lines_s"] = ctx.timings.get("assemble_lines_s", 0.0) + t1 - t0
         ctx.timings["assemble_features_s"] = ctx.timings.get("assemble_features_s", 0.0) + t2 - t1
