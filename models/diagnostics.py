@@ -168,7 +168,11 @@ class DiagnoseParams:
             use_reviews=bool(d.get("use_reviews", True)),
             negative_rating=int(d.get("negative_rating", 2)),
             reason_prior_weight=float(d.get("reason_prior_weight", 20.0)),
-            model=dict(d.get("model", {}) or {}),
+            # the calibrator's selection bins = the evaluate stage's ECE bins, as for the train stage
+            model={
+                "calibration_ece_bins": int((params.get("evaluate") or {}).get("ece_bins", 15)),
+                **dict(d.get("model", {}) or {}),
+            },
         )
 
 

@@ -136,7 +136,12 @@ def test_params_are_checked():
     with pytest.raises(ValueError, match="levels"):
         D.DiagnoseParams(levels=("brand",))
     p = D.DiagnoseParams.from_params({"diagnose": {"alpha": 0.1, "window_days": 90, "model": {"a": 1}}})
-    assert p.alpha == 0.1 and p.window_days == 90 and p.model == {"a": 1}
+    assert p.alpha == 0.1 and p.window_days == 90 and p.model == {"calibration_ece_bins": 15, "a": 1}
+
+
+def test_expectation_model_selects_its_calibrator_with_the_evaluate_stage_bins():
+    params = {"evaluate": {"ece_bins": 10}, "diagnose": {"model": {"calibration": "auto"}}}
+    assert D.DiagnoseParams.from_params(params).model == {"calibration_ece_bins": 10, "calibration": "auto"}
 
 
 # ---------------------------------------------------------------- evaluation against the hidden truth
