@@ -35,6 +35,7 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from features import registry
@@ -399,23 +400,46 @@ def batch_session(
         con.close()
 
 
+def featurize_batch_pieces(
+    state: HistoryState, batch: Mapping[str, pd.DataFrame | None], params: Any = None, rows: int | None = None
+) -> Iterator[pa.Table]:
+    """The batch's feature rows as consecutive Arrow tables of about `rows` lines (default: the params'
+    `assembly_chunk_rows`), in qi order as `features.build.assembled_chunks` yields them.
+
+    Why pieces: the scorer predicts one piece in a worker thread while the next is assembled. The piece
+    size only cuts the target lines into ranges; every row is computed by the same expressions (the same
+    bits as one piece, tested). Close the generator (or exhaust it) to end the DuckDB session."""
+    from features.build import assembled_chunks
+
+    with batch_session(state, batch, params) as ctx:
+        if rows:
+            ctx.params = replace(ctx.params, assembly_chunk_rows=max(1, int(rows)))
+        yield from assembled_chunks(ctx, None)
+
+
+def qi_permutation(table: pa.Table) -> pa.Array | None:
+    """Row order that puts `table` in (order_ts, line_id) order, or None when it already is (the engine
+    assembles in that order; this is the guard)."""
+    from features.build import _in_qi_order
+
+    if _in_qi_order(table.column("order_ts"), table.column("line_id")):
+        return None
+    return pc.sort_indices(table, sort_keys=[("order_ts", "ascending"), ("line_id", "ascending")])
+
+
 def featurize_batch_table(
     state: HistoryState, batch: Mapping[str, pd.DataFrame | None], params: Any = None
 ) -> pa.Table:
     """The batch's feature rows as the engine's Arrow table, in (order_ts, line_id) order: what
-    `featurize_batch` returns before pandas (the scorer encodes it straight into the model matrix).
+    `featurize_batch` returns before pandas.
 
     Assembled like the full-history path (`features.build.assembled_chunks`: the line and per-order fields
     in one narrow query, the feature expressions over them and the stream columns aligned by position, in
     qi order), so the batch rows come from the same code as the training rows."""
-    from features.build import _in_qi_order, assembled_chunks
-
-    with batch_session(state, batch, params) as ctx:
-        chunks = list(assembled_chunks(ctx, None))
-        table = pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
-        if not _in_qi_order(table.column("order_ts"), table.column("line_id")):
-            table = table.sort_by([("order_ts", "ascending"), ("line_id", "ascending")])
-        return table
+    chunks = list(featurize_batch_pieces(state, batch, params))
+    table = pa.concat_tables(chunks) if len(chunks) > 1 else chunks[0]
+    order = qi_permutation(table)
+    return table if order is None else table.take(order)
 
 
 def featurize_batch(

@@ -335,7 +335,7 @@ def _leaf(X, r, root, feat, thr, kind, left, right, bits_start, bits_end, bits):
     return ~node
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def _predict(X, out, roots, feat, thr, kind, left, right, bits_start, bits_end, bits, leaf_value, block):  # fmt: skip
     n = X.shape[0]
     n_blocks = (n + block - 1) // block
@@ -351,7 +351,7 @@ def _predict(X, out, roots, feat, thr, kind, left, right, bits_start, bits_end, 
             out[r] = s
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def _predict_perfect(X, out, depth, col, thr, leaf_value, view_src, view_cat, view_nan, view_zero,
                      view_bits_start, view_bits_end, bits, block):  # fmt: skip
     n = X.shape[0]
@@ -383,7 +383,7 @@ LANE_MAX_DEPTH = 6  # complete trees up to this depth: every node decided for th
 LANE_ROWS = 512  # rows per work item of the lane kernel
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, nogil=True)
 def _predict_lanes(X, out, depth, col, thr, leaf_value, view_src, view_cat, view_nan, view_zero,
                    view_bits_start, view_bits_end, bits, block):  # fmt: skip
     """`_predict_perfect` with the block's rows as lanes: per tree, every node's decision for all rows

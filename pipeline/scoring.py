@@ -81,6 +81,8 @@ class ScoreSettings:
     chunk_lines: int = 500_000
     reasons: int = 3
     medium_share: float = 0.5
+    #: lines of a chunk assembled at a time: a worker thread predicts one piece while the next is assembled
+    piece_lines: int = 250_000
 
     @classmethod
     def from_params(cls, section: Mapping[str, Any] | None) -> ScoreSettings:
@@ -89,10 +91,12 @@ class ScoreSettings:
             chunk_lines=int(s.get("chunk_lines", cls.chunk_lines)),
             reasons=int(s.get("reasons", cls.reasons)),
             medium_share=float(s.get("medium_share", cls.medium_share)),
+            piece_lines=int(s.get("piece_lines", cls.piece_lines)),
         )
-        if out.chunk_lines < 1 or out.reasons < 0 or not 0 < out.medium_share <= 1:
+        if out.chunk_lines < 1 or out.reasons < 0 or not 0 < out.medium_share <= 1 or out.piece_lines < 1:
             raise ValueError(
-                f"params.yaml score: chunk_lines >= 1, reasons >= 0 and 0 < medium_share <= 1 (got {out})"
+                "params.yaml score: chunk_lines >= 1, reasons >= 0, 0 < medium_share <= 1 and piece_lines >= 1"
+                f" (got {out})"
             )
         return out
 
@@ -619,6 +623,87 @@ def predict_proba(model: Any, feats: pd.DataFrame | None, matrix: np.ndarray | N
     return np.asarray(model.predict_proba(feats), dtype=np.float64)
 
 
+@dataclass
+class ChunkPredictions:
+    """A chunk's feature table in qi order with its calibrated probabilities (and model matrix, when kept)."""
+
+    table: pa.Table
+    p: np.ndarray | None  # None when the model cannot encode Arrow (then predicted from the frame)
+    matrix: np.ndarray | None
+
+
+def predict_pieces(
+    model: Any, pieces: Iterator[pa.Table], keep_matrix: bool, timings: dict[str, float] | None = None
+) -> ChunkPredictions:
+    """Encode, predict and calibrate each feature piece in one worker thread while the caller's generator
+    assembles the next (DuckDB, Arrow and the compiled trees release the GIL): the model's time hides
+    behind the assembly's. Probabilities are elementwise, so they equal predicting the whole table at once.
+
+    An error in either thread propagates after the worker stops; the pieces generator is closed either way
+    (its DuckDB session ends). `timings` gets `assembled_s` (until the last piece), `predict_wait_s` (then
+    until the worker is done: the model time not hidden) and `predict_worker_s` (the worker's own time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from features.state import qi_permutation
+
+    can_encode = hasattr(model, "encode_table")
+
+    timings = timings if timings is not None else {}
+
+    def add(name: str, sec: float) -> None:
+        timings[name] = timings.get(name, 0.0) + sec
+
+    def work(piece: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
+        t = time.perf_counter()
+        X = model.encode_table(piece)
+        out = predict_proba(model, None, X), (X if keep_matrix else None)
+        add("predict_worker_s", time.perf_counter() - t)
+        return out
+
+    tables: list[pa.Table] = []
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if hasattr(pieces, "close"):  # a generator: end its session even when this fails half-way
+            stack.callback(pieces.close)
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="score-predict"))
+        futures = []
+        for piece in pieces:
+            if futures and futures[-1].done() and futures[-1].exception() is not None:
+                break  # the worker failed: stop assembling (its error is raised below)
+            tables.append(piece)
+            if can_encode:
+                futures.append(pool.submit(work, piece))
+        t1 = time.perf_counter()
+        done = [f.result() for f in futures]
+    add("assembled_s", t1 - t0)
+    add("predict_wait_s", time.perf_counter() - t1)
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+    p = matrix = None
+    if can_encode:
+        p = np.concatenate([d[0] for d in done]) if len(done) > 1 else done[0][0]
+        if keep_matrix:
+            matrix = _stack_rows([d[1] for d in done])
+    order = qi_permutation(table)
+    if order is not None:  # not expected (the engine assembles in qi order): put every part in order
+        table = table.take(order)
+        idx = order.to_numpy()
+        p = p[idx] if p is not None else None
+        matrix = np.asfortranarray(matrix[idx]) if matrix is not None else None
+    return ChunkPredictions(table, p, matrix)
+
+
+def _stack_rows(parts: list[Any]) -> np.ndarray:
+    """Row blocks of column-major matrices -> one column-major matrix (what `encode_table` returns)."""
+    if len(parts) == 1:
+        return parts[0]
+    X = np.empty((sum(len(x) for x in parts), parts[0].shape[1]), dtype=np.float64, order="F")
+    at = 0
+    for x in parts:
+        X[at : at + len(x)] = x
+        at += len(x)
+    return X
+
+
 def _concat(*frames: pd.DataFrame | None) -> pd.DataFrame | None:
     parts = [f for f in frames if f is not None and len(f.columns)]
     if not parts:
@@ -652,7 +737,7 @@ def score_export(
     (nothing written).
     """
     from features.build import to_frame
-    from features.state import build_state, featurize_batch_table
+    from features.state import build_state, featurize_batch_pieces
     from models.explain import explain_lines
     from pipeline.validation import validate_tables
 
@@ -822,9 +907,15 @@ def score_export(
                 if done_orders
                 else state
             )
-            table = featurize_batch_table(
-                chunk_state, {"orders": orders_used, "order_lines": lines, **new_entities}, fparams
+            steps: dict[str, float] = {}
+            pieces = featurize_batch_pieces(
+                chunk_state,
+                {"orders": orders_used, "order_lines": lines, **new_entities},
+                fparams,
+                rows=settings.piece_lines,
             )
+            got = predict_pieces(model, pieces, keep_matrix=bool(k), timings=steps)
+            table, p, X = got.table, got.p, got.matrix
             line_ids = table.column("line_id").to_pandas()
             pos = pd.Index(line_ids).get_indexer(lines["line_id"])
             if (pos < 0).any():  # cannot happen: every valid line has its order and product
@@ -833,14 +924,22 @@ def score_export(
                 )
             if not np.array_equal(pos, np.arange(len(pos))):  # features come in (order_ts, line_id) order
                 table = table.take(pa.array(pos))
+                p = p[pos] if p is not None else None
+                X = np.asfortranarray(X[pos]) if X is not None else None
             keys = {c: table.column(c).to_numpy() for c in ("line_id", "order_id", "customer_id")}
-            tick("features_s", t0)
+            # features_s: the session and assembly; predict_s: the model time the assembly did not hide
+            # (predict_wait_s) and what follows; predict_worker_s: the worker's own time, overlapped
+            wait = steps.get("predict_wait_s", 0.0)
+            timings["features_s"] = timings.get("features_s", 0.0) + time.perf_counter() - t0 - wait
+            timings["predict_worker_s"] = timings.get("predict_worker_s", 0.0) + steps.get(
+                "predict_worker_s", 0.0
+            )
+            timings["predict_s"] = timings.get("predict_s", 0.0) + wait
 
             t0 = time.perf_counter()
-            # the model matrix straight from Arrow (no pandas frame of every feature: the same matrix, tested)
-            X = model.encode_table(table) if hasattr(model, "encode_table") else None
-            feats = to_frame(table) if X is None or k else None
-            p = predict_proba(model, feats, X)
+            feats = to_frame(table) if p is None or k else None
+            if p is None:  # a model without Arrow encoding: predicted from the frame
+                p = predict_proba(model, feats)
             band_codes = risk_band_codes(p, float(threshold), settings.medium_share)
             tier, kind = abuse.lookup(pd.Series(keys["customer_id"]))
             tick("predict_s", t0)
@@ -886,7 +985,7 @@ def score_export(
             cols["model_version"] = _constant_text(model_version, n_rows)
             cols["scored_at"] = pa.array(np.full(n_rows, np.datetime64(scored_at.to_datetime64(), "us")))
             t0 = time.perf_counter()
-            out.write_table(pa.table(cols))
+            out.write_table(pa.table(cols).combine_chunks())  # the same bytes whatever the piece size
             tick("write_s", t0)
             result.scored += n_rows
             sum_p += float(p.sum())

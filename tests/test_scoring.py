@@ -331,7 +331,7 @@ def test_a_failing_run_leaves_the_previous_output(small_project, sample, tmp_pat
     hist = ["--history", str(sample / "history"), "--reasons", "0"]
     assert score_cli(small_project, sample / "export", out, *hist).exit_code == 0
     before = out.read_bytes()
-    real = features.state.featurize_batch_table  # what the scorer featurizes each chunk with
+    real = features.state.featurize_batch_pieces  # what the scorer featurizes each chunk with
     calls = {"n": 0}
 
     def flaky(*a, **k):
@@ -340,13 +340,90 @@ def test_a_failing_run_leaves_the_previous_output(small_project, sample, tmp_pat
             raise MemoryError("simulated crash in the second chunk")
         return real(*a, **k)
 
-    monkeypatch.setattr(features.state, "featurize_batch_table", flaky)
+    monkeypatch.setattr(features.state, "featurize_batch_pieces", flaky)
     res = score_cli(
         small_project, sample / "export", out, *hist, "--chunk-lines", "200", "--scored-at", "2031-01-01"
     )
     assert res.exit_code != 0 and calls["n"] == 2
     assert out.read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left behind
+
+
+def _score_sample(project, sample: Path, out: Path, **settings):
+    from models.artifact import ReturnModel
+    from pipeline.scoring import ScoreSettings, read_tables, score_export
+
+    return score_export(
+        sample / "export",
+        read_tables(sample / "history"),
+        ReturnModel.load(project.path("model")),
+        out,
+        settings=ScoreSettings(**settings),
+        params=project.params,
+        scored_at=pd.Timestamp("2030-01-01"),
+    )
+
+
+@pytest.mark.parametrize("reasons", [0, 3])
+def test_pieces_predicted_in_the_worker_give_the_bytes_of_one_piece(small_project, sample, tmp_path, reasons):
+    """A chunk assembled and predicted in many pieces (the worker thread overlapping the assembly) writes
+    the same file, byte for byte, as one piece; with reasons the model matrix is stacked from the pieces."""
+    one, many = tmp_path / "one.parquet", tmp_path / "many.parquet"
+    a = _score_sample(small_project, sample, one, reasons=reasons, piece_lines=1_000_000)
+    b = _score_sample(small_project, sample, many, reasons=reasons, piece_lines=23)
+    assert a.scored == b.scored > 4 * 23
+    assert b.timings["predict_worker_s"] > 0
+    assert one.read_bytes() == many.read_bytes()
+
+
+def test_an_error_in_the_predict_worker_aborts_the_run(small_project, sample, tmp_path, monkeypatch):
+    """The worker's exception reaches the caller; nothing is written, no temporary is left."""
+    from models.artifact import ReturnModel
+
+    real = ReturnModel.encode_table
+    calls = {"n": 0}
+
+    def flaky(self, table):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise MemoryError("simulated failure in the predict worker")
+        return real(self, table)
+
+    monkeypatch.setattr(ReturnModel, "encode_table", flaky)
+    out = tmp_path / "scored.parquet"
+    with pytest.raises(MemoryError, match="predict worker"):
+        _score_sample(small_project, sample, out, reasons=0, piece_lines=23)
+    assert calls["n"] >= 3
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_predict_pieces_puts_pieces_and_probabilities_in_qi_order():
+    """Pieces that come out of (order_ts, line_id) order are reordered with their probabilities and rows."""
+    import pyarrow as pa
+
+    from pipeline.scoring import predict_pieces
+
+    class Calib:
+        def apply(self, raw):
+            return raw / 100.0
+
+    class Model:
+        calibrator = Calib()
+
+        def encode_table(self, table):
+            return np.asfortranarray(table.column("line_id").to_numpy().astype(np.float64)[:, None])
+
+        def raw_from_matrix(self, X):
+            return X[:, 0].copy()
+
+    ts = pd.Timestamp("2030-01-01")
+    piece = lambda ids: pa.table({"line_id": ids, "order_ts": [ts] * len(ids)})  # noqa: E731
+    got = predict_pieces(Model(), iter([piece([5, 6, 7]), piece([1, 2]), piece([3, 4])]), keep_matrix=True)
+    assert got.table.column("line_id").to_pylist() == [1, 2, 3, 4, 5, 6, 7]
+    np.testing.assert_array_equal(got.p, np.arange(1, 8) / 100.0)
+    np.testing.assert_array_equal(got.matrix[:, 0], np.arange(1, 8))
+    assert got.matrix.flags.f_contiguous
+    assert predict_pieces(Model(), iter([piece([1, 2])]), keep_matrix=False).matrix is None
 
 
 def test_a_killed_run_leaves_no_partial_file(small_project, sample, tmp_path):

@@ -154,3 +154,19 @@ def test_empty_batch_gives_no_rows(split):
         state, {"orders": batch["orders"].iloc[:0], "order_lines": batch["order_lines"].iloc[:0]}
     )
     assert len(out) == 0 and "cust_return_rate" in out.columns
+
+
+def test_pieces_are_the_rows_of_one_table_bit_for_bit(split):
+    """`featurize_batch_pieces` with small pieces: consecutive qi ranges whose rows equal the one-piece
+    table exactly (the scorer predicts piece by piece)."""
+    import pyarrow as pa
+
+    from features.state import featurize_batch_pieces, featurize_batch_table
+
+    history, batch, t = split
+    state = build_state(history, t)
+    whole = featurize_batch_table(state, batch)
+    pieces = list(featurize_batch_pieces(state, batch, rows=97))
+    assert len(pieces) == -(-whole.num_rows // 97) > 3
+    assert all(p.num_rows == 97 for p in pieces[:-1])
+    assert pa.concat_tables(pieces).equals(whole)
