@@ -563,15 +563,23 @@ class Abuse:
             df["abuse_type"].astype(str).to_numpy(dtype=object),
         )
 
-    def lookup(self, customer_id: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(self, customer_id: Any) -> tuple[pa.Array, pa.Array]:
+        """(abuse tier, abuse type) per customer as Arrow text: UNKNOWN without flags, NO_FLAG for a customer
+        without one. Codes into the few distinct values (no per-line Python strings)."""
         n = len(customer_id)
         if self.index is None:
-            return np.full(n, UNKNOWN, dtype=object), np.full(n, UNKNOWN, dtype=object)
+            return _constant_text(UNKNOWN, n), _constant_text(UNKNOWN, n)
         pos = self.index.get_indexer(customer_id)
-        found = pos >= 0
-        tier = np.where(found, self.tier[np.maximum(pos, 0)] if len(self.tier) else NO_FLAG, NO_FLAG)
-        kind = np.where(found, self.kind[np.maximum(pos, 0)] if len(self.kind) else NO_FLAG, NO_FLAG)
-        return tier.astype(object), kind.astype(object)
+        return _coded_text(self.tier, pos), _coded_text(self.kind, pos)
+
+
+def _coded_text(values: np.ndarray, pos: np.ndarray) -> pa.Array:
+    """values[pos] as Arrow text, NO_FLAG where pos < 0 (a dictionary of the distinct values, then cast)."""
+    codes, uniques = pd.factorize(values)
+    dictionary = pa.array([*(str(u) for u in uniques), NO_FLAG], type=pa.string())
+    none = len(uniques)
+    idx = np.where(pos >= 0, codes[np.maximum(pos, 0)] if len(codes) else none, none).astype(np.int32)
+    return pa.DictionaryArray.from_arrays(pa.array(idx), dictionary).cast(pa.string())
 
 
 def _gather_text(keys: pd.Series, values: pd.Series, want: pd.Series | np.ndarray) -> pd.Categorical:
@@ -941,7 +949,7 @@ def score_export(
             if p is None:  # a model without Arrow encoding: predicted from the frame
                 p = predict_proba(model, feats)
             band_codes = risk_band_codes(p, float(threshold), settings.medium_share)
-            tier, kind = abuse.lookup(pd.Series(keys["customer_id"]))
+            tier, kind = abuse.lookup(keys["customer_id"])
             tick("predict_s", t0)
             n_rows = len(p)
             # the output as Arrow columns (text by dictionary: no million Python strings per column)
@@ -950,8 +958,7 @@ def score_export(
             cols["risk_band"] = pa.DictionaryArray.from_arrays(
                 pa.array(band_codes), pa.array(list(RISK_BANDS))
             ).cast(pa.string())
-            cols["abuse_tier"] = _text_column(tier)
-            cols["abuse_type"] = _text_column(kind)
+            cols["abuse_tier"], cols["abuse_type"] = tier, kind
             if k:
                 t0 = time.perf_counter()
                 ctx = _context(

@@ -50,6 +50,20 @@ def test_hold_back_keeps_the_last_order_for_the_next_chunk():
     assert head["order_id"].tolist() == [1, 1, 2] and tail["order_id"].tolist() == [3, 3]
 
 
+def test_abuse_lookup_gives_tiers_none_and_unknown_as_text():
+    from pipeline.scoring import Abuse
+
+    flags = Abuse(pd.Index([10, 11, 12]), np.array(["review", "watch", "review"], dtype=object),
+                  np.array(["wardrober", "serial", "bracketer"], dtype=object))  # fmt: skip
+    tier, kind = flags.lookup(np.array([12, 99, 10, 11, 99]))
+    assert tier.to_pylist() == ["review", "none", "review", "watch", "none"]
+    assert kind.to_pylist() == ["bracketer", "none", "wardrober", "serial", "none"]
+    empty = Abuse(pd.Index([], dtype="int64"), np.array([], dtype=object), np.array([], dtype=object))
+    assert empty.lookup(np.array([1, 2]))[0].to_pylist() == ["none", "none"]
+    no_flags = Abuse(None, np.array([]), np.array([]))
+    assert [c.to_pylist() for c in no_flags.lookup(np.array([1, 2]))] == [["unknown"] * 2] * 2
+
+
 # ------------------------------------------------------------------------------------------ fixtures
 @contextlib.contextmanager
 def _cwd(path: Path):
