@@ -162,6 +162,13 @@ class Perfect:
     thr: np.ndarray
     leaf_value: np.ndarray  # n_trees x 2^depth, flattened
     views: Views
+    #: each tree's real (not padded) nodes, for the lane kernel: tree t's are k in real_start[t] ..
+    #: real_start[t+1]-1 (heap order), with the view they read, their threshold and `keep`: the mask of
+    #: bottom slots that survive when a row goes right there (all but the left subtree's)
+    real_start: np.ndarray
+    real_col: np.ndarray
+    real_thr: np.ndarray
+    keep: np.ndarray
 
 
 def _depth(forest: Forest, node: int) -> int:
@@ -284,8 +291,11 @@ def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect
     thr = np.zeros(T * n_int, dtype=np.float64)
     leaf_value = np.zeros(T * n_leaf, dtype=np.float64)
     f = forest
+    real: list[tuple[int, int]] = []  # (tree, heap index) of the real nodes
+    real_start = [0]
     for t, root in enumerate(f.roots):
         stack = [(int(root), 0, 0)]  # (node, heap index, level)
+        tree_real: list[int] = []
         while stack:
             node, h, level = stack.pop()
             if node < 0:  # a leaf at `level`: every bottom slot under h
@@ -297,9 +307,29 @@ def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect
                 continue
             i = t * n_int + h
             col[i], thr[i] = node_col[node], node_thr[node]
+            tree_real.append(h)
             stack.append((int(f.left[node]), 2 * h + 1, level + 1))
             stack.append((int(f.right[node]), 2 * h + 2, level + 1))
-    return Perfect(depth, col, thr, leaf_value, views)
+        real += [(t, h) for h in sorted(tree_real)]
+        real_start.append(len(real))
+    flat = np.asarray([t * n_int + h for t, h in real], dtype=np.int64)
+    return Perfect(
+        depth, col, thr, leaf_value, views, np.asarray(real_start, dtype=np.int64),
+        np.ascontiguousarray(col[flat].astype(np.int64)), np.ascontiguousarray(thr[flat]),
+        np.asarray([_keep_mask(h, depth) for _, h in real], dtype=np.uint64),
+    )  # fmt: skip
+
+
+def _keep_mask(h: int, depth: int) -> int:
+    """Bottom slots (bits, left to right) that stay possible when a row goes right at heap node h: all
+    but those under h's left child."""
+    level = (h + 1).bit_length() - 1
+    first = 2 * h + 1
+    for _ in range(depth - level - 1):
+        first = 2 * first + 1
+    count = 1 << (depth - level - 1)
+    left = ((1 << count) - 1) << (first - ((1 << depth) - 1))
+    return ~left & ((1 << 64) - 1)
 
 
 @nb.njit(cache=True, inline="always")
@@ -379,20 +409,29 @@ def _predict_perfect(X, out, depth, col, thr, leaf_value, view_src, view_cat, vi
             out[r] = acc[r - lo]
 
 
-LANE_MAX_DEPTH = 6  # complete trees up to this depth: every node decided for the block at once (below)
+LANE_MAX_DEPTH = 6  # complete trees up to this depth (2^6 bottom slots: one uint64 mask per row)
 LANE_ROWS = 512  # rows per work item of the lane kernel
+_DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)  # lowest set bit -> its index (de Bruijn multiply, table look-up)
+_DEBRUIJN_INDEX = np.zeros(64, dtype=np.int64)
+for _i in range(64):
+    _DEBRUIJN_INDEX[((1 << _i) * 0x03F79D71B4CB0A89 % (1 << 64)) >> 58] = _i
 
 
 @nb.njit(parallel=True, cache=True, nogil=True)
-def _predict_lanes(X, out, depth, col, thr, leaf_value, view_src, view_cat, view_nan, view_zero,
-                   view_bits_start, view_bits_end, bits, block):  # fmt: skip
-    """`_predict_perfect` with the block's rows as lanes: per tree, every node's decision for all rows
-    first (contiguous compares on the transposed views), then `depth` look-ups of the decisions to find
-    each row's leaf. Each row still adds its trees' leaf values in tree order from 0.0: the same bits."""
+def _predict_lanes(X, out, depth, leaf_value, view_src, view_cat, view_nan, view_zero, view_bits_start,
+                   view_bits_end, bits, real_start, real_col, real_thr, keep, debruijn, block):  # fmt: skip
+    """`_predict_perfect` with the block's rows as lanes and no walk (QuickScorer's exit-leaf rule): per
+    tree each row's mask of bottom slots starts full; every real node where the row goes right removes
+    its left subtree's slots (`keep`, one contiguous compare-and-mask over the block's rows per node);
+    the row's leaf is the leftmost slot left (lowest set bit). Padded nodes remove nothing, which is right:
+    every bottom slot under a leaf holds that leaf's value. Each row still adds its trees' leaf values in
+    tree order from 0.0: the same bits as the walk."""
     n = X.shape[0]
-    n_int = (1 << depth) - 1
     n_trees = leaf_value.shape[0] >> depth
     n_blocks = (n + block - 1) // block
+    full = ~np.uint64(0)
+    zero = np.uint64(0)
+    shift = np.uint64(58)
     for b in nb.prange(n_blocks):
         lo = b * block
         hi = min(n, lo + block)
@@ -401,24 +440,21 @@ def _predict_lanes(X, out, depth, col, thr, leaf_value, view_src, view_cat, view
         fill_views_t(
             X, lo, hi, view_src, view_cat, view_nan, view_zero, view_bits_start, view_bits_end, bits, VT
         )
-        go = np.empty((n_int, m), dtype=np.int32)  # 1: the row goes left at heap node i
-        h = np.empty(m, dtype=np.int64)
+        mask = np.empty(m, dtype=np.uint64)
         acc = np.zeros(m)
         for t in range(n_trees):
-            base = t * n_int
-            for i in range(n_int):
-                g = go[i]
-                v = VT[col[base + i]]
-                th = thr[base + i]
-                for r in range(m):
-                    g[r] = np.int32(v[r] <= th)
-            h[:] = 0
-            for _ in range(depth):
-                for r in range(m):
-                    h[r] = 2 * h[r] + 2 - go[h[r], r]
+            mask[:] = full
+            for k in range(real_start[t], real_start[t + 1]):
+                v = VT[real_col[k]]
+                th = real_thr[k]
+                kp = keep[k]
+                for r in range(m):  # left (v <= th): all ones, nothing removed; right: keep
+                    mask[r] &= kp | (zero - np.uint64(v[r] <= th))
             lv = t << depth
             for r in range(m):
-                acc[r] += leaf_value[lv + h[r] - n_int]
+                x = mask[r]
+                low = x & (zero - x)
+                acc[r] += leaf_value[lv + debruijn[(low * _DEBRUIJN) >> shift]]
         for r in range(m):
             out[lo + r] = acc[r]
 
@@ -453,8 +489,9 @@ def predict_raw(
             bits = f.bits if len(f.bits) else np.zeros(1, dtype=np.uint32)  # the kernel always reads a word
             v = p.views
             if p.depth <= LANE_MAX_DEPTH and kernel == "lanes":
-                _predict_lanes(X, out, p.depth, p.col, p.thr, p.leaf_value, v.src, v.cat, v.nan, v.zero,
-                               v.bits_start, v.bits_end, bits, LANE_ROWS)  # fmt: skip
+                _predict_lanes(X, out, p.depth, p.leaf_value, v.src, v.cat, v.nan, v.zero, v.bits_start,
+                               v.bits_end, bits, p.real_start, p.real_col, p.real_thr, p.keep, _DEBRUIJN_INDEX,
+                               LANE_ROWS)  # fmt: skip
                 return out
             _predict_perfect(X, out, p.depth, p.col, p.thr, p.leaf_value, v.src, v.cat, v.nan, v.zero,
                              v.bits_start, v.bits_end, bits, PERFECT_BLOCK_ROWS)  # fmt: skip

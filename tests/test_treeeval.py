@@ -172,3 +172,13 @@ def test_lane_kernel_gives_the_row_kernels_bits(params):
     assert np.mean(lanes == ref) > 0.99
     with pytest.raises(ValueError, match="kernel"):
         E.predict_raw(forest, Xt, kernel="simd")
+
+
+def test_keep_masks_remove_the_left_subtree_slots():
+    """The lane kernel's masks: going right at a node rules out the bottom slots under its left child."""
+    full = (1 << 64) - 1
+    assert E._keep_mask(0, 2) == full & ~0b0011  # root of a depth-2 tree: slots 0-1 are left
+    assert E._keep_mask(1, 2) == full & ~0b0001
+    assert E._keep_mask(2, 2) == full & ~0b0100
+    assert E._keep_mask(0, 6) == full & ~((1 << 32) - 1)
+    assert E._keep_mask(62, 6) == full & ~(1 << 62)  # the last bottom-level node: slot 62 of 0..63
