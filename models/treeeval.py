@@ -275,8 +275,16 @@ def fill_views_t(X, lo, hi, src, cat, nan, zero, bits_start, bits_end, bits, VT)
     a node's decisions for the block's rows are then one contiguous compare)."""
     for v in range(src.shape[0]):
         j = src[v]
-        for r in range(lo, hi):
-            VT[v, r - lo] = view_value(X[r, j], v, cat, nan, zero, bits_start, bits_end, bits)
+        if cat[v]:
+            for r in range(lo, hi):
+                VT[v, r - lo] = view_value(X[r, j], v, cat, nan, zero, bits_start, bits_end, bits)
+        else:  # `view_value`'s numerical rule without branches (the loop vectorizes): same values
+            nv, zv = nan[v], zero[v]
+            out = VT[v]
+            for r in range(lo, hi):
+                x = X[r, j]
+                y = zv if abs(x) <= 1e-35 else x
+                out[r - lo] = nv if x != x else y
 
 
 def build_perfect(forest: Forest, max_depth: int = MAX_PERFECT_DEPTH) -> Perfect | None:
