@@ -10,7 +10,10 @@ model folder. Then, on the same machine and data:
   - state_*: `features.state.build_state`, the history's aggregates as of its cutoff (what a service
     computes once per `dvc repro` and loads with `returnrisk score --state`);
   - score_*: `score_export` end to end with that state (read the export, validate it against the history,
-    point-in-time features, predict, calibrate, risk bands, write Parquet), without reasons;
+    point-in-time features, predict, calibrate, risk bands, write Parquet), without reasons; the export is
+    one chunk, assembled in pieces of --piece-lines whose prediction overlaps the next piece's assembly
+    (score_predict_worker_seconds: the model's time in the worker thread, overlapped; score_predict_seconds:
+    what was not hidden, plus bands and abuse tiers);
   - score_cold_*: the same without a precomputed state (the run builds it);
   - score_reasons_*: with top-3 reasons in words, on the first --reasons-rows lines of the export;
   - naive_*: the training path a notebook would take: `build_features` over history + export into pandas,
@@ -140,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-cold", action="store_true", help="skip the run without a precomputed state")
     ap.add_argument("--skip-components", action="store_true", help="skip the predict / TreeSHAP comparison")
     ap.add_argument("--shap-sample", type=int, default=20_000, help="lines of the pred_contrib comparison")
+    ap.add_argument(
+        "--piece-lines", type=int, help="lines assembled and predicted at a time (default score.piece_lines)"
+    )
     args = ap.parse_args(argv)
     _emit("load_average_start", os.getloadavg()[0], "")
 
@@ -185,6 +191,8 @@ def main(argv: list[str] | None = None) -> None:
         _emit("state_build_cpu_seconds", cpu_s, "s")
         _emit("state_pending_lines", len(state.pending["order_lines"]), "lines")
 
+        pieces = {"piece_lines": args.piece_lines} if args.piece_lines else {}
+
         def score(st, k: int, folder: Path, out: str):
             return _timed(
                 lambda: score_export(
@@ -192,7 +200,7 @@ def main(argv: list[str] | None = None) -> None:
                     history,
                     model,
                     tmp / out,
-                    settings=ScoreSettings(chunk_lines=max(n, 1), reasons=k),
+                    settings=ScoreSettings(chunk_lines=max(n, 1), reasons=k, **pieces),
                     state=st,
                     **run,
                 )
