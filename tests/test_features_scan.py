@@ -30,7 +30,7 @@ def test_key_codes_of_sparse_ids_stay_dense():
     assert n <= 4 and a[1] == b[0] and len({*a.tolist(), *b.tolist()}) == 4
 
 
-def _toy_ctx(seed: int, n_lines: int = 400, n_events: int = 900) -> Context:
+def _toy_ctx(seed: int, n_lines: int = 400, n_events: int = 900, threads: int = 1) -> Context:
     """ln (target lines in qi order) and an event table `ev`, with ties, NULL keys and NULL values."""
     rng = np.random.default_rng(seed)
     t0 = pd.Timestamp("2024-01-01")
@@ -64,7 +64,7 @@ def _toy_ctx(seed: int, n_lines: int = 400, n_events: int = 900) -> Context:
     ev.loc[rng.random(n_events) < 0.1, "ts"] = pd.NaT
     ev.loc[rng.random(n_events) < 0.2, "stamp"] = pd.NaT
     ev.loc[rng.random(n_events) < 0.1, "val"] = np.nan
-    p = FeaturizeParams(threads=1)
+    p = FeaturizeParams(threads=threads)
     con = connect(p)
     con.register("ln_src", ln)
     con.execute("CREATE TABLE ln AS SELECT * FROM ln_src")
@@ -137,6 +137,26 @@ def test_scan_equals_window_sql_on_random_streams(seed):
     # counts are exact integers in the scan's table
     types = frames["scan_types"]
     assert types["n"] == types["h2"] == types["sn"] == "int32" and types["a2"] == "double"
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_scan_split_over_threads_equals_one_pass(seed):
+    """Streams split over two kernel runs give the single pass's values bit for bit (same operations
+    on the same state in the same order), counts, float sums, one-hot groups and last/first alike."""
+    from features.scan import _partition
+
+    tables = {}
+    for threads in (1, 2):
+        ctx = _toy_ctx(seed, threads=threads)
+        build_streams(ctx, RUNS, EVENTS, method="scan")
+        tables[threads] = ctx.arrow["sx0"]
+        if threads == 2:  # the four streams share `ev`: one pass, really split in two
+            assert ctx.timings["scan_kernel_cpu_s"] >= ctx.timings["scan_kernel_cpu_max_s"] > 0
+        ctx.con.close()
+    assert tables[1].equals(tables[2])
+    assert _partition(np.array([5.0, 1.0, 3.0, 2.0]), 2) == [{0, 1}, {2, 3}]
+    assert _partition(np.array([50.0, 1.0, 3.0]), 2) == [{0, 1, 2}]  # the lighter part under a tenth
+    assert _partition(np.array([5.0, 1.0]), 1) == [{0, 1}]
 
 
 def test_streams_sharing_a_source_share_a_pass():
