@@ -16,8 +16,6 @@ Fit rule (case-insensitive, on the review text):
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +24,7 @@ from features.engine import Context
 from features.spec import FeatureSpec
 from features.sql import regex_match
 from features.streams import Events, Running
+from features.vader import sentiment_scores, start_scoring
 
 FAMILY = "sentiment"
 
@@ -49,27 +48,13 @@ FIT_PROBLEM = (
 )
 
 
-@lru_cache(maxsize=1)
-def _analyzer():
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-    return SentimentIntensityAnalyzer()
-
-
-def sentiment_scores(texts: list[str]) -> np.ndarray:
-    """VADER compound score (-1..1) of each text; callers pass distinct texts (scoring is per text)."""
-    analyzer = _analyzer()
-    return np.fromiter(
-        (analyzer.polarity_scores(t)["compound"] for t in texts), dtype="float64", count=len(texts)
-    )
-
-
 def prepare(ctx: Context) -> None:
     """Score each distinct review text once, flag fit mentions, and build `rv` (one row per review).
 
-    VADER is pure Python (most of this family's time); with `ctx.background` it runs in a thread
-    while the other streams run (DuckDB and numpy release the GIL), and `rv` is created when the first
-    stream that reads it asks for it (`ctx.need`). `sentiment_scoring_s` is the scoring's own time.
+    VADER is pure Python (most of this family's time); with `ctx.background` it runs in a worker process
+    (features/vader.py) while the streams run, without taking the GIL from them, and `rv` is created
+    when the first stream that reads it asks for it (`ctx.need`). `sentiment_scoring_s`: from the text
+    fetch to the scores' arrival (the worker's start and pipes included).
     """
     started = time.perf_counter()
     ctx.sql("""
@@ -78,25 +63,20 @@ def prepare(ctx: Context) -> None:
     """)
     texts = ctx.con.sql("SELECT text FROM review_text").to_arrow_table().column(0).to_pylist()
     ctx.counts["review_distinct_texts"] = len(texts)
-
-    def score() -> np.ndarray:
-        t0 = time.perf_counter()
-        out = sentiment_scores(texts)
-        ctx.timings["sentiment_scoring_s"] = time.perf_counter() - t0 + fetch_s
-        return out
-
     fetch_s = time.perf_counter() - started
-    if not ctx.background:
-        _build_rv(ctx, texts, score())
+    if not ctx.background or not texts:
+        t0 = time.perf_counter()
+        compound = sentiment_scores(texts)
+        ctx.timings["sentiment_scoring_s"] = time.perf_counter() - t0 + fetch_s
+        _build_rv(ctx, texts, compound)
         return
-    pool = ThreadPoolExecutor(1, thread_name_prefix="vader")
-    future = pool.submit(score)
-    pool.shutdown(wait=False)
+    scores = start_scoring(texts)
 
     def finish() -> None:
         t0 = time.perf_counter()
-        compound = future.result()
+        compound, worker_s = scores()
         ctx.timings["sentiment_wait_s"] = time.perf_counter() - t0
+        ctx.timings["sentiment_scoring_s"] = worker_s + fetch_s
         _build_rv(ctx, texts, compound)
 
     ctx.pending["rv"] = finish

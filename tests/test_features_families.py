@@ -350,6 +350,19 @@ def test_review_aggregates_use_reviews_posted_strictly_before():
     assert f.loc[q, "product_rating_mean"] == 3.0
 
 
+def test_vader_worker_process_gives_the_in_process_scores_bit_for_bit(monkeypatch):
+    from features import vader
+
+    texts = ["I love it, great fit!", "Terrible. Runs small \u2014 sent it back \U0001f61e", "", "meh.\n\tok"]
+    assert vader._unpack(vader._pack(texts)) == texts
+    scores, seconds = vader.start_scoring(texts)()
+    assert scores.tobytes() == sentiment_scores(texts).tobytes() and seconds > 0
+    assert scores[0] > 0.5 and scores[1] < -0.05
+    monkeypatch.setattr(vader.sys, "executable", "/bin/false")  # a worker that fails says so
+    with pytest.raises(RuntimeError, match="VADER worker failed"):
+        vader.start_scoring(texts)()
+
+
 @pytest.mark.parametrize(
     ("text", "small", "large", "problem"),
     [
