@@ -278,11 +278,12 @@ def _base_tables(ctx: Context, target_expr: str) -> None:
         JOIN t_products p ON l.product_id = p.product_id
         WHERE r.return_ts >= o.order_ts
     """)
+    # qi: the rows are stored sorted (targets first, by order_ts, line_id) and numbered by storage position
+    # (rowid of a fresh table written in ORDER BY order): a plain sort plus a copy costs about two thirds
+    # of the CPU of the equivalent row_number() window over the wide rows, and leaves ln in qi order
     ctx.sql(f"""
-        CREATE OR REPLACE TEMP TABLE ln AS
-        SELECT CASE WHEN o.is_target THEN
-                   row_number() OVER (PARTITION BY o.is_target ORDER BY o.order_ts, l.line_id) - 1 END AS qi,
-               l.line_id, l.order_id, l.product_id, o.customer_id, o.order_ts, o.is_target,
+        CREATE OR REPLACE TEMP TABLE ln_sorted AS
+        SELECT l.line_id, l.order_id, l.product_id, o.customer_id, o.order_ts, o.is_target,
                p.category, p.size_type, sc.size_rank, l.size, l.color,
                l.quantity, l.unit_price, l.list_price,
                fr.return_ts AS first_return_ts,
@@ -293,7 +294,13 @@ def _base_tables(ctx: Context, target_expr: str) -> None:
         JOIN t_products p ON l.product_id = p.product_id
         LEFT JOIN size_scale sc ON sc.size_type = p.size_type AND sc.size = l.size
         LEFT JOIN (SELECT line_id, return_ts FROM ret WHERE is_first) fr ON fr.line_id = l.line_id
+        ORDER BY NOT o.is_target, o.order_ts, l.line_id
     """)
+    ctx.sql("""
+        CREATE OR REPLACE TEMP TABLE ln AS
+        SELECT CASE WHEN is_target THEN rowid END AS qi, * FROM ln_sorted
+    """)
+    ctx.sql("DROP TABLE ln_sorted")
     ctx.counts["target_lines"] = int(ctx.con.execute("SELECT count(*) FROM ln WHERE is_target").fetchone()[0])
     create_pop(ctx)
 
