@@ -158,17 +158,29 @@ def _same_ids(values: pd.Series, keys: pd.Series) -> np.ndarray:
     return values.astype("string").isin(pd.unique(keys.astype("string"))).to_numpy()
 
 
-def whole_order_chunks(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame]]:
+#: a last part of the export smaller than this share of the chunk before it joins that chunk: a chunk
+#: costs a feature session over the history state plus every earlier chunk (with_rows), so a tail of a
+#: few orders (1,000,001 lines at chunk_lines 1,000,000) would cost about as much as the first chunk again
+TAIL_SHARE = 0.125
+
+
+def whole_order_chunks(
+    chunks: Iterator[pd.DataFrame], tail_share: float = TAIL_SHARE
+) -> Iterator[tuple[int, pd.DataFrame]]:
     """(row offset in the file, chunk) with every order's lines in one chunk (lines of an order contiguous).
 
-    The trailing order of a chunk moves to the next chunk; the last chunk is yielded whole.
+    The trailing order of a chunk moves to the next chunk; the last chunk is yielded whole, and a last
+    part of at most `tail_share` x the size of the part before it is joined to that one (`TAIL_SHARE`).
     """
     carry: pd.DataFrame | None = None
     offset = 0
     it = iter(chunks)
     current = next(it, None)
+    following = next(it, None) if current is not None else None
     while current is not None:
-        following = next(it, None)
+        after = next(it, None) if following is not None else None
+        if following is not None and after is None and len(following) <= tail_share * len(current):
+            current, following = pd.concat([current, following], ignore_index=True), None
         chunk = current if carry is None or not len(carry) else pd.concat([carry, current], ignore_index=True)
         chunk = chunk.reset_index(drop=True)
         if following is None:
@@ -178,7 +190,7 @@ def whole_order_chunks(chunks: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd
         if len(head) or following is None:
             yield offset, head.reset_index(drop=True)
             offset += len(head)
-        current = following
+        current, following = following, after
 
 
 def cut_sample(

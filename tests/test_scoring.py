@@ -45,6 +45,21 @@ def test_chunks_keep_orders_whole_and_in_input_order(sizes, chunk):
         seen |= ids
 
 
+def test_a_small_last_part_joins_the_chunk_before_it():
+    """1,000 + 1,000 + 10 lines: the 10-line tail does not cost a chunk of its own (1 % <= TAIL_SHARE);
+    orders stay whole and every line comes once, in input order."""
+    order_ids = np.repeat(np.arange(1005), 2)
+    df = pd.DataFrame({"order_id": order_ids, "pos": np.arange(len(order_ids))})
+    parts = [df.iloc[:1000], df.iloc[1000:2000], df.iloc[2000:]]
+    out = list(whole_order_chunks(iter(parts)))
+    assert [len(c) for _, c in out] == [998, 1012] and [o for o, _ in out] == [0, 998]  # order 499 moves
+    assert pd.concat([c for _, c in out])["pos"].tolist() == df["pos"].tolist()
+    assert [len(c) for _, c in whole_order_chunks(iter(parts), tail_share=0.0)] == [998, 1000, 12]
+    big_tail = [df.iloc[:1000], df.iloc[1000:1500], df.iloc[1500:]]  # 510 of 500: not a tail to join
+    assert [len(c) for _, c in whole_order_chunks(iter(big_tail))] == [998, 500, 512]
+    assert [len(c) for _, c in whole_order_chunks(iter([df.iloc[:2000], df.iloc[2000:]]))] == [2010]
+
+
 def test_hold_back_keeps_the_last_order_for_the_next_chunk():
     head, tail = hold_back_last_order(pd.DataFrame({"order_id": [1, 1, 2, 3, 3]}))
     assert head["order_id"].tolist() == [1, 1, 2] and tail["order_id"].tolist() == [3, 3]
