@@ -38,9 +38,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from features import registry
+from features import price, registry
 from features.engine import Context, FeaturizeParams, connect, create_pop, stage
-from features.price import create_cat_month
 from features.sql import quote, union_all
 from features.streams import STREAMS, Events, Running, build_streams
 from pipeline.contract import TABLES
@@ -223,10 +222,11 @@ def _summary_sql(spec_keys: tuple[str, ...], cols: list[Running], evs: list[Even
     )
 
 
-def _prepare(ctx: Context) -> None:
+def _prepare(ctx: Context, skip: tuple[Any, ...] = ()) -> None:
+    """Every family's `prepare` but those of the `skip` modules."""
     for module in registry.FAMILY_MODULES:
         prep = getattr(module, "prepare", None)
-        if prep is not None:
+        if prep is not None and module not in skip:
             prep(ctx)
 
 
@@ -343,7 +343,7 @@ def _replace_pop(ctx: Context, T: str) -> None:
 
 def _replace_cat_month(ctx: Context, T: str) -> None:
     """The price family's `cat_month` (features/price.py) from the state's complete months + raw later lines."""
-    create_cat_month(
+    price.create_cat_month(
         ctx,
         f"""
         SELECT category, month, med, n FROM st_cat_month
@@ -376,7 +376,7 @@ def batch_session(
         ctx.available = set(ctx.available) | set(state.available)
         con.register("st_pop", state.pop_daily)
         con.register("st_cat_month", state.cat_month)
-        _prepare(ctx)
+        _prepare(ctx, skip=(price,))  # price's only table, cat_month, comes from the state just below
         _replace_pop(ctx, T)
         _replace_cat_month(ctx, T)
         runnings, events = family_streams(p)
