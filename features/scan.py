@@ -101,12 +101,15 @@ def _filled(col: pa.ChunkedArray | pa.Array, value: Any) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ key codes
-def _column_codes(cols: Sequence[pa.ChunkedArray | pa.Array]) -> tuple[list[np.ndarray], int]:
+def _column_codes(
+    cols: Sequence[pa.ChunkedArray | pa.Array], out: Sequence[np.ndarray] | None = None
+) -> tuple[list[np.ndarray], int]:
     """Int64 codes of one key column over several row sets (equal values, equal codes), and the code count.
 
     Integer keys with a range under 2**31 are value - min (no hashing, no concatenation); other keys
     are dictionary-encoded per row set and the (small) dictionaries merged. NULL is a value of its own
-    (as in SQL PARTITION BY).
+    (as in SQL PARTITION BY). With `out` (int32 arrays, one per row set), integer codes are written
+    there in one pass and those arrays returned.
     """
     typ = next((c.type for c in cols if len(c)), cols[0].type)
     if pa.types.is_dictionary(typ):
@@ -116,39 +119,59 @@ def _column_codes(cols: Sequence[pa.ChunkedArray | pa.Array]) -> tuple[list[np.n
         lo = min((v for c in cols if (v := pc.min(c).as_py()) is not None), default=None)
         hi = max((v for c in cols if (v := pc.max(c).as_py()) is not None), default=None)
         if lo is None:
+            if out is not None:
+                for o in out:
+                    o[:] = 0
+                return list(out), 1
             return [np.zeros(len(c), np.int64) for c in cols], 1
         if hi - lo < 2**31:
             null = hi - lo + 1
-            out = []
-            for c in cols:
-                v = np.subtract(_filled(c, lo), lo, dtype=np.int64)
+            codes = []
+            for i, c in enumerate(cols):
+                if out is None or null >= 2**31 - 1:
+                    v = np.subtract(_filled(c, lo), lo, dtype=np.int64)
+                else:
+                    v = np.subtract(_filled(c, lo), lo, out=out[i], casting="unsafe")
                 if c.null_count:
                     v[c.is_null().to_numpy(zero_copy_only=False)] = null
-                out.append(v)
-            return out, null + 1
+                codes.append(v)
+            return codes, null + 1
     merged: dict[Any, int] = {}
-    out = []
+    codes = []
     for c in cols:
         enc = (c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c).dictionary_encode(
             null_encoding="encode"
         )
         remap = np.array([merged.setdefault(v, len(merged)) for v in enc.dictionary.to_pylist()], np.int64)
         idx = enc.indices.to_numpy(zero_copy_only=False)
-        out.append(remap[idx] if len(remap) else np.zeros(len(idx), np.int64))
-    return out, max(1, len(merged))
+        codes.append(remap[idx] if len(remap) else np.zeros(len(idx), np.int64))
+    return codes, max(1, len(merged))
 
 
-def key_codes(parts: Sequence[Sequence[pa.ChunkedArray | pa.Array]]) -> tuple[list[np.ndarray], int]:
+def key_codes(
+    parts: Sequence[Sequence[pa.ChunkedArray | pa.Array]], out: Sequence[np.ndarray] | None = None
+) -> tuple[list[np.ndarray], int]:
     """Dense int32 codes of a key tuple over several row sets (queries, each event source), and their count.
 
     parts[i][k] is key column k of row set i. Equal key tuples get equal codes across the row sets.
     Multi-column keys are combined and renumbered densely (0..k-1 over the tuples in use), which keeps
-    the scan's state arrays small and cache-friendly.
+    the scan's state arrays small and cache-friendly. `out` (int32 arrays, one per row set, e.g. views
+    of the scan's flat key array) receives the codes instead of new arrays: a single integer key is
+    then coded in one pass, without int64 temporaries.
     """
     n_keys = len(parts[0]) if parts else 0
     if n_keys == 0:
+        if out is not None:
+            for o in out:
+                o[:] = 0
+            return list(out), 1
         return [np.zeros(len(p), np.int32) for p in parts], 1
-    codes, n_codes = _column_codes([p[0] for p in parts])
+    if n_keys == 1 and out is not None:
+        codes, n_codes = _column_codes([p[0] for p in parts], out)
+        if codes[0].dtype == np.int32 and n_codes <= max(1 << 20, 2 * sum(len(c) for c in codes)):
+            return codes, max(1, n_codes)
+    else:
+        codes, n_codes = _column_codes([p[0] for p in parts])
     for k in range(1, n_keys):
         more, n = _column_codes([p[k] for p in parts])
         for c, m in zip(codes, more, strict=True):
@@ -160,7 +183,12 @@ def key_codes(parts: Sequence[Sequence[pa.ChunkedArray | pa.Array]]) -> tuple[li
             codes, n_codes = _densify(codes, n_codes)
     if n_codes > max(1 << 20, 2 * sum(len(c) for c in codes)):  # sparse ids: state sized by use
         codes, n_codes = _densify(codes, n_codes)
-    return [c.astype(np.int32) for c in codes], max(1, n_codes)
+    if out is None:
+        return [c.astype(np.int32) for c in codes], max(1, n_codes)
+    for o, c in zip(out, codes, strict=True):
+        if o is not c:
+            np.copyto(o, c, casting="unsafe")
+    return list(out), max(1, n_codes)
 
 
 def _densify(codes: list[np.ndarray], n_codes: int) -> tuple[list[np.ndarray], int]:
@@ -421,26 +449,22 @@ def scan_streams(
     n_codes: list[int] = []
     q_codes = np.full((len(names), size), -1, np.int32)
     k_off = np.zeros(n_src, np.int64)
-    kparts: list[list[np.ndarray | None]] = [[None] * len(src.streams) for src in sources]
+    n_slots = np.array([len(src.streams) for src in sources], np.int64)
+    np.cumsum((n_rows * n_slots)[:-1], out=k_off[1:])
+    # source j's codes for its key slot k: kflat[k_off[j] + k * n_j : k_off[j] + (k + 1) * n_j]
+    kflat = np.empty(int((n_rows * n_slots).sum()), np.int32)
     for s, name in enumerate(names):
         feeding = [(j, src.streams.index(s)) for j, src in enumerate(sources) if s in src.streams]
         parts = [q_keys.pop(s)]
+        out_views = [np.empty(len(q_rows[s]), np.int32)]
         for j, slot in feeding:
             parts.append([fetched[j].column(f"k{slot}_{i}") for i in range(len(specs[name].keys))])
-        codes, n = key_codes(parts)
+            at = int(k_off[j] + slot * n_rows[j])
+            out_views.append(kflat[at : at + int(n_rows[j])])
+        codes, n = key_codes(parts, out_views)
         n_codes.append(n)
         q_codes[s, q_rows[s]] = codes[0]
-        for (j, slot), c in zip(feeding, codes[1:], strict=True):
-            kparts[j][slot] = c
-    kflat_parts = []
-    at = 0
-    for j in range(n_src):
-        k_off[j] = at
-        for c in kparts[j]:
-            kflat_parts.append(c)
-            at += len(c)
-    kflat = np.concatenate(kflat_parts) if kflat_parts else np.zeros(0, np.int32)
-    del kflat_parts, kparts
+        del codes, out_views
     for j, t in enumerate(fetched):  # the keys are codes now: free their buffers
         fetched[j] = t.drop_columns([c for c in t.column_names if c.startswith("k")])
     del t

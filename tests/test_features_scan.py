@@ -24,6 +24,22 @@ def test_key_codes_group_equal_tuples_across_row_sets():
     assert codes.max() < n <= len(set(rows)) + 1
 
 
+def test_key_codes_written_into_given_arrays_equal_the_returned_ones():
+    sets = [
+        [[pa.chunked_array([[3, None, 7], [3]])], [pa.array([7, 9, None])]],  # one integer key, NULLs
+        [[pa.array(["a", "b", None])], [pa.array([None, "b", "c"])]],  # text
+        [[pa.array([1, 2, 2]), pa.array(["x", "y", "x"])], [pa.array([2, 1]), pa.array(["x", "x"])]],
+        [[pa.array([10**12, 5])], [pa.array([5, None])]],  # sparse: densified
+    ]
+    for parts in sets:
+        expect, n = key_codes(parts)
+        out = [np.full(len(p[0]), -7, np.int32) for p in parts]
+        got, m = key_codes(parts, out)
+        assert m == n and all(g is o for g, o in zip(got, out, strict=True))
+        for e, o in zip(expect, out, strict=True):
+            np.testing.assert_array_equal(e, o)
+
+
 def test_key_codes_of_sparse_ids_stay_dense():
     ids = [pa.array([10**12, 5, 10**12 + 2**30]), pa.array([5, None])]
     (a, b), n = key_codes([[ids[0]], [ids[1]]])
