@@ -35,7 +35,12 @@ def _comparable(df: pd.DataFrame) -> pd.DataFrame:
     return out.astype({c: "str" for c in CATS})
 
 
-def test_scoring_path_equals_featurize_for_the_last_orders(tables, full):
+@pytest.mark.parametrize("route", ["state", "direct"])
+def test_scoring_path_equals_featurize_for_the_last_orders(tables, full, route, monkeypatch):
+    """Both batch routes: the history state, and the direct one (history + batch in one session, where
+    the history's lines are not targets: `ln` puts the targets first and numbers them by position)."""
+    if route == "direct":
+        monkeypatch.setattr("features.build._state_applies", lambda history, batch: False)
     tabs, _ = tables
     features, _ = full
     orders = tabs["orders"].sort_values(["order_ts", "order_id"])
