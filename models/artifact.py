@@ -204,16 +204,16 @@ class ReturnModel:
         """The model matrix of an Arrow feature table (the same as `encode` of its pandas frame)."""
         return encode_table(table, self.features, self.categorical)
 
-    def raw_from_matrix(self, X: np.ndarray, num_threads: int | None = None) -> np.ndarray:
+    def raw_from_matrix(self, X: np.ndarray) -> np.ndarray:
         """Log-odds of an encoded matrix: the booster's trees compiled (`models.treeeval`, the same numbers
         as `booster.predict(raw_score=True)`, tested to 1e-12; ~2x less CPU), or the booster itself when
-        they cannot be compiled. `num_threads`: the compiled trees' threads (None: all; same bits)."""
+        they cannot be compiled."""
         forest = compiled_forest(self.booster)
         if forest is None:
             return np.asarray(self.booster.predict(X, raw_score=True), dtype=np.float64)
         from models.treeeval import predict_raw
 
-        return predict_raw(forest, X, num_threads)
+        return predict_raw(forest, X)
 
     def predict_raw(self, df: pd.DataFrame) -> np.ndarray:
         """Uncalibrated log-odds of a return, one per row."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -631,17 +630,14 @@ def _context(
     return out
 
 
-def predict_proba(
-    model: Any, feats: pd.DataFrame | None, matrix: np.ndarray | None = None, num_threads: int | None = None
-) -> np.ndarray:
+def predict_proba(model: Any, feats: pd.DataFrame | None, matrix: np.ndarray | None = None) -> np.ndarray:
     """Calibrated probabilities: `ReturnModel.predict_proba`, the one definition (column-major encoding,
     compiled trees; the same numbers as the evaluate stage's predictions, tested). `matrix`: the rows
     already encoded (`ReturnModel.encode_table`), then calibrated `raw_from_matrix` (what predict_proba does)."""
     if matrix is not None:
         if len(matrix) == 0:
             return np.empty(0, dtype=np.float64)
-        raw = model.raw_from_matrix(matrix, num_threads) if num_threads else model.raw_from_matrix(matrix)
-        return np.asarray(model.calibrator.apply(raw), dtype=np.float64)
+        return np.asarray(model.calibrator.apply(model.raw_from_matrix(matrix)), dtype=np.float64)
     if feats is None or len(feats) == 0:
         return np.empty(0, dtype=np.float64)
     return np.asarray(model.predict_proba(feats), dtype=np.float64)
@@ -677,15 +673,10 @@ def predict_pieces(
     def add(name: str, sec: float) -> None:
         timings[name] = timings.get(name, 0.0) + sec
 
-    assembled = threading.Event()
-
     def work(piece: pa.Table) -> tuple[np.ndarray, np.ndarray | None]:
         t = time.perf_counter()
         X = model.encode_table(piece)
-        # one tree thread while the caller still assembles (it keeps the other core busy; a second thread
-        # would wait at the kernel's barrier for the core it shares), every thread for the last piece
-        threads = None if assembled.is_set() else 1
-        out = predict_proba(model, None, X, threads), (X if keep_matrix else None)
+        out = predict_proba(model, None, X), (X if keep_matrix else None)
         add("predict_worker_s", time.perf_counter() - t)
         return out
 
@@ -702,7 +693,6 @@ def predict_pieces(
             tables.append(piece)
             if can_encode:
                 futures.append(pool.submit(work, piece))
-        assembled.set()
         t1 = time.perf_counter()
         done = [f.result() for f in futures]
     add("assembled_s", t1 - t0)

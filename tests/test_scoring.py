@@ -442,7 +442,7 @@ def test_predict_pieces_puts_pieces_and_probabilities_in_qi_order():
         def encode_table(self, table):
             return np.asfortranarray(table.column("line_id").to_numpy().astype(np.float64)[:, None])
 
-        def raw_from_matrix(self, X, num_threads=None):
+        def raw_from_matrix(self, X):
             return X[:, 0].copy()
 
     ts = pd.Timestamp("2030-01-01")
