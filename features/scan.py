@@ -240,6 +240,8 @@ def _scan_kernel(
     when column is -1); oth_ops rows: (key slot, base, stride,
     column, int value slot, 1 = last: max / 2 = first: min). read_sum rows: (stream, base, stride,
     column, 1 = int32 output, output row); read_oth rows: (stream, base, stride, column, output row).
+    Every row ends with (modulus, residue bit mask): with a modulus m > 1 it applies only to keys whose
+    code % m has its bit set (a stream split by key over several runs; see `_partition`).
     Query codes -1: the line has no query row in that stream (output left as initialised).
     """
     nq = len(q_ts)
@@ -255,12 +257,15 @@ def _scan_kernel(
                 i = e_perm[j]
                 r = i - src_start[s]
                 for o in range(sum_op_start[s], sum_op_start[s + 1]):
+                    code = kflat[k_off[s] + sum_ops[o, 0] * n + r]
+                    m = sum_ops[o, 6]
+                    if m > 1 and not (sum_ops[o, 7] >> (code % m)) & 1:
+                        continue  # a key of this stream that another run owns
                     c = sum_ops[o, 3]
                     if c < 0:  # one-hot group: this event's column
                         c = wflat[w_off[s] + sum_ops[o, 5] * n + r]
                         if c < 0:
                             continue
-                    code = kflat[k_off[s] + sum_ops[o, 0] * n + r]
                     v = sum_const[o] if sum_ops[o, 4] < 0 else vflat[v_off[s] + sum_ops[o, 4] * n + r]
                     state[sum_ops[o, 1] + code * sum_ops[o, 2] + c] += v
                 for o in range(oth_op_start[s], oth_op_start[s + 1]):
@@ -268,6 +273,9 @@ def _scan_kernel(
                     if not ivalid[at]:
                         continue
                     code = kflat[k_off[s] + oth_ops[o, 0] * n + r]
+                    m = oth_ops[o, 6]
+                    if m > 1 and not (oth_ops[o, 7] >> (code % m)) & 1:
+                        continue
                     x = oth_ops[o, 1] + code * oth_ops[o, 2] + oth_ops[o, 3]
                     v = iflat[at]
                     if not o_set[x] or (v > o_val[x] if oth_ops[o, 5] == 1 else v < o_val[x]):
@@ -277,7 +285,8 @@ def _scan_kernel(
             ptr[s] = j
         for o in range(read_sum.shape[0]):
             code = q_codes[read_sum[o, 0], q]
-            if code < 0:
+            m = read_sum[o, 6]
+            if code < 0 or (m > 1 and not (read_sum[o, 7] >> (code % m)) & 1):
                 continue
             v = state[read_sum[o, 1] + code * read_sum[o, 2] + read_sum[o, 3]]
             if read_sum[o, 4] == 1:
@@ -286,7 +295,8 @@ def _scan_kernel(
                 out_f[read_sum[o, 5], q] = v
         for o in range(read_oth.shape[0]):
             code = q_codes[read_oth[o, 0], q]
-            if code < 0:
+            m = read_oth[o, 5]
+            if code < 0 or (m > 1 and not (read_oth[o, 6] >> (code % m)) & 1):
                 continue
             x = read_oth[o, 1] + code * read_oth[o, 2] + read_oth[o, 3]
             if o_set[x]:
@@ -299,35 +309,55 @@ def warm_up() -> None:
     i64, z = np.zeros(1, np.int64), np.zeros(0, np.int64)
     _scan_kernel(
         i64, np.zeros((0, 1), np.int32), z, z, i64, z, z, z, z,
-        np.zeros((0, 6), np.int64), np.zeros(0), i64, np.zeros((0, 6), np.int64), i64,
+        np.zeros((0, 8), np.int64), np.zeros(0), i64, np.zeros((0, 8), np.int64), i64,
         np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.int16), z, np.zeros(0, np.uint8),
         np.zeros(0), z, np.zeros(0, np.uint8),
-        np.zeros((0, 6), np.int64), np.zeros((0, 5), np.int64),
+        np.zeros((0, 8), np.int64), np.zeros((0, 7), np.int64),
         np.zeros((0, 1)), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.int64), np.zeros((0, 1), np.uint8),
     )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------ driver
-def _partition(work: np.ndarray, threads: int) -> list[set[int]]:
-    """Streams split into at most `threads` parts of about equal kernel work (largest first, greedy).
+KEY_RESIDUES = 16  # a stream split by key goes over the runs in this many residue classes of its key codes
+ALL_KEYS = (1 << KEY_RESIDUES) - 1
 
-    Each part is one kernel run walking the same time order, applying only its streams' operations and
-    reading only its streams' columns: a stream's state and output rows are its own, so the parts run
-    concurrently and every value is the one a single pass computes (the same operations on the same
-    state in the same order). Streams are not split by column: both parts would then pay the random
-    state access of every event (measured at 1M lines: a third more CPU for a little less wall time).
-    When the lighter part would hold under a tenth of the work, one run does everything.
+
+def _partition(work: np.ndarray, threads: int) -> list[dict[int, int]]:
+    """Streams split into at most `threads` runs of about equal kernel work: per run, {stream: residue
+    mask}, the mask saying which key codes (by code % KEY_RESIDUES) of that stream the run owns.
+
+    Each run walks the same time order, applying only the operations on keys it owns and reading only
+    their lines: a key's state is touched by one run, in the single pass's order, so the runs go
+    concurrently and every value is the one a single pass computes. Streams go whole to a run (greedy,
+    largest first) unless that leaves the runs more than 10 % off an even share; then the heaviest streams
+    are split by key residue class, one more at a time (the customer stream is most of the work: whole,
+    it set the kernel's wall time). Not split by column: both runs would then pay the random state access
+    of every event. One run when `threads` is 1 or there is no work.
     """
-    k = max(1, min(threads, int(np.count_nonzero(work))))
-    parts: list[set[int]] = [set() for _ in range(k)]
-    load = np.zeros(k)
-    for s in np.argsort(-work, kind="stable"):
-        i = int(np.argmin(load))
-        parts[i].add(int(s))
-        load[i] += work[s]
-    if k == 1 or load.min() < 0.1 * load.sum():
-        return [set(range(len(work)))]
-    return parts
+    n = len(work)
+    total = float(np.sum(work))
+    k = max(1, int(threads))
+    if k == 1 or total <= 0:
+        return [dict.fromkeys(range(n), ALL_KEYS)]
+    split: set[int] = set()
+    for s in [None, *np.argsort(-work, kind="stable").tolist()]:
+        if s is not None:
+            split.add(int(s))
+        units: list[tuple[float, int, int]] = []  # (work, stream, residue mask)
+        for j in range(n):
+            if j in split:
+                units += [(float(work[j]) / KEY_RESIDUES, j, 1 << r) for r in range(KEY_RESIDUES)]
+            else:
+                units.append((float(work[j]), j, ALL_KEYS))
+        parts: list[dict[int, int]] = [{} for _ in range(k)]
+        load = np.zeros(k)
+        for w, j, mask in sorted(units, key=lambda u: (-u[0], u[1], u[2])):
+            i = int(np.argmin(load))
+            parts[i][j] = parts[i].get(j, 0) | mask
+            load[i] += w
+        if load.max() <= 1.1 * total / k:
+            break
+    return [p for p in parts if p]
 
 
 def _float_values(col: pa.ChunkedArray) -> np.ndarray:
@@ -614,29 +644,35 @@ def scan_streams(
     def arr2(rows: list, width: int) -> np.ndarray:
         return np.array(rows, np.int64).reshape(len(rows), width)
 
-    def run(part: set[int]) -> float:
-        """The kernel over the streams in `part` only: their operations and their reads; returns the
+    def run(part: dict[int, int]) -> float:
+        """The kernel over the streams (and keys) in `part` only: their operations and reads; returns the
         thread's CPU seconds (its wall time on a free core, whatever else the machine runs)."""
         cpu = time.thread_time()
+
+        def sel(s: int) -> tuple[int, int]:  # (modulus, residue mask); 1: every key
+            return (1, 1) if part[s] == ALL_KEYS else (KEY_RESIDUES, part[s])
+
         ops, const, op_start, oops, oop_start = [], [], [0], [], [0]
         for j, src in enumerate(sources):
             for o in range(sum_op_start[j], sum_op_start[j + 1]):
-                if src.streams[sum_ops[o][0]] in part:
-                    ops.append(sum_ops[o])
+                s = src.streams[sum_ops[o][0]]
+                if s in part:
+                    ops.append((*sum_ops[o], *sel(s)))
                     const.append(sum_const[o])
             for o in range(oth_op_start[j], oth_op_start[j + 1]):
-                if src.streams[oth_ops[o][0]] in part:
-                    oops.append(oth_ops[o])
+                s = src.streams[oth_ops[o][0]]
+                if s in part:
+                    oops.append((*oth_ops[o], *sel(s)))
             op_start.append(len(ops))
             oop_start.append(len(oops))
-        reads = [r for r in read_sum if r[0] in part]
-        oreads = [r for r in read_oth if r[0] in part]
+        reads = [(*r, *sel(r[0])) for r in read_sum if r[0] in part]
+        oreads = [(*r, *sel(r[0])) for r in read_oth if r[0] in part]
         _scan_kernel(
             q_ts, q_codes, e_ts, e_perm, src_start, k_off, v_off, w_off, i_off,
-            arr2(ops, 6), np.array(const, np.float64), np.array(op_start, np.int64),
-            arr2(oops, 6), np.array(oop_start, np.int64),
+            arr2(ops, 8), np.array(const, np.float64), np.array(op_start, np.int64),
+            arr2(oops, 8), np.array(oop_start, np.int64),
             kflat, vflat, wflat, iflat, ivalid, state, o_val, o_set,
-            arr2(reads, 6), arr2(oreads, 5), out_f, out_i, out_o, out_ov,
+            arr2(reads, 8), arr2(oreads, 7), out_f, out_i, out_o, out_ov,
         )  # fmt: skip
         return time.thread_time() - cpu
 

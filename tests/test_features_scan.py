@@ -159,7 +159,7 @@ def test_scan_equals_window_sql_on_random_streams(seed):
 def test_scan_split_over_threads_equals_one_pass(seed):
     """Streams split over two kernel runs give the single pass's values bit for bit (same operations
     on the same state in the same order), counts, float sums, one-hot groups and last/first alike."""
-    from features.scan import _partition
+    from features.scan import ALL_KEYS, KEY_RESIDUES, _partition
 
     tables = {}
     for threads in (1, 2):
@@ -170,9 +170,40 @@ def test_scan_split_over_threads_equals_one_pass(seed):
             assert ctx.timings["scan_kernel_cpu_s"] >= ctx.timings["scan_kernel_cpu_max_s"] > 0
         ctx.con.close()
     assert tables[1].equals(tables[2])
-    assert _partition(np.array([5.0, 1.0, 3.0, 2.0]), 2) == [{0, 1}, {2, 3}]
-    assert _partition(np.array([50.0, 1.0, 3.0]), 2) == [{0, 1, 2}]  # the lighter part under a tenth
-    assert _partition(np.array([5.0, 1.0]), 1) == [{0, 1}]
+    every = ALL_KEYS
+    assert _partition(np.array([5.0, 1.0, 3.0, 2.0]), 2) == [{0: every, 1: every}, {2: every, 3: every}]
+    # one dominant stream: split by key residue class, the two runs owning complementary halves
+    a, b = _partition(np.array([50.0, 1.0, 3.0]), 2)
+    assert a[0] | b[0] == every and a[0] & b[0] == 0 and bin(a[0]).count("1") == KEY_RESIDUES // 2
+    assert {1, 2} <= set(a) | set(b)
+    assert _partition(np.array([5.0, 1.0]), 1) == [{0: every, 1: every}]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_scan_split_by_key_equals_one_pass(seed, monkeypatch):
+    """Every stream split by key residue class over two concurrent runs (each run applying and reading
+    only the keys it owns) gives the single pass's table bit for bit."""
+    import features.scan as scan
+
+    ctx = _toy_ctx(seed, threads=1)
+    build_streams(ctx, RUNS, EVENTS, method="scan")
+    one = ctx.arrow["sx0"]
+    ctx.con.close()
+    half = sum(1 << r for r in range(0, scan.KEY_RESIDUES, 2))
+    split = [{}, {}]
+
+    def by_key(work, threads):
+        split[0] = {s: half for s in range(len(work))}
+        split[1] = {s: scan.ALL_KEYS ^ half for s in range(len(work))}
+        return split
+
+    monkeypatch.setattr(scan, "_partition", by_key)
+    ctx = _toy_ctx(seed, threads=2)
+    build_streams(ctx, RUNS, EVENTS, method="scan")
+    assert split[0], "the split partition was not used"
+    assert ctx.timings["scan_kernel_cpu_s"] >= ctx.timings["scan_kernel_cpu_max_s"] > 0
+    assert ctx.arrow["sx0"].equals(one)
+    ctx.con.close()
 
 
 def test_streams_sharing_a_source_share_a_pass():
