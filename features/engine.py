@@ -279,10 +279,11 @@ def _base_tables(ctx: Context, target_expr: str) -> None:
         WHERE r.return_ts >= o.order_ts
     """)
     # qi: the rows are stored sorted (targets first, by order_ts, line_id) and numbered by storage position
-    # (rowid of a fresh table written in ORDER BY order): a plain sort plus a copy costs about two thirds
-    # of the CPU of the equivalent row_number() window over the wide rows, and leaves ln in qi order
+    # (rowid of a fresh table written in ORDER BY order): a plain sort costs about two thirds of the CPU of
+    # the equivalent row_number() window over the wide rows, and leaves ln in qi order. qi is added as a
+    # column and filled in place (not a copy of every column into a new table: 1 s of 10M lines' staging)
     ctx.sql(f"""
-        CREATE OR REPLACE TEMP TABLE ln_sorted AS
+        CREATE OR REPLACE TEMP TABLE ln AS
         SELECT l.line_id, l.order_id, l.product_id, o.customer_id, o.order_ts, o.is_target,
                p.category, p.size_type, sc.size_rank, l.size, l.color,
                l.quantity, l.unit_price, l.list_price,
@@ -296,11 +297,8 @@ def _base_tables(ctx: Context, target_expr: str) -> None:
         LEFT JOIN (SELECT line_id, return_ts FROM ret WHERE is_first) fr ON fr.line_id = l.line_id
         ORDER BY NOT o.is_target, o.order_ts, l.line_id
     """)
-    ctx.sql("""
-        CREATE OR REPLACE TEMP TABLE ln AS
-        SELECT CASE WHEN is_target THEN rowid END AS qi, * FROM ln_sorted
-    """)
-    ctx.sql("DROP TABLE ln_sorted")
+    ctx.sql("ALTER TABLE ln ADD COLUMN qi BIGINT")
+    ctx.sql("UPDATE ln SET qi = CASE WHEN is_target THEN rowid END")
     ctx.counts["target_lines"] = int(ctx.con.execute("SELECT count(*) FROM ln WHERE is_target").fetchone()[0])
     create_pop(ctx)
 
