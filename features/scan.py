@@ -209,17 +209,54 @@ def _densify(codes: list[np.ndarray], n_codes: int) -> tuple[list[np.ndarray], i
 
 
 # ------------------------------------------------------------------------------------------ kernels
+@nb.njit(cache=True, nogil=True)
+def _radix_order(ts, start):
+    """start + the stable argsort of int64 `ts`: least-significant-digit radix sort of ts - min, 16 bits
+    a pass (three passes for microseconds over a few years). Two index arrays of memory, like numpy's
+    sort: each pass counts its digits in storage order and reads the digit of the row being placed."""
+    n = len(ts)
+    lo = ts.min()
+    span = np.uint64(ts.max() - lo)
+    idx = np.arange(n, dtype=np.int64)
+    idx2 = np.empty(n, np.int64)
+    count = np.empty(65537, np.int64)
+    shift = np.uint64(0)
+    while shift < np.uint64(64) and (span >> shift) > np.uint64(0):
+        count[:] = 0
+        for i in range(n):
+            count[np.int64((np.uint64(ts[i] - lo) >> shift) & np.uint64(0xFFFF)) + 1] += 1
+        for d in range(65536):
+            count[d + 1] += count[d]
+        for i in range(n):
+            r = idx[i]
+            d = np.int64((np.uint64(ts[r] - lo) >> shift) & np.uint64(0xFFFF))
+            at = count[d]
+            count[d] = at + 1
+            idx2[at] = r
+        idx, idx2 = idx2, idx
+        shift += np.uint64(16)
+    idx += start
+    return idx
+
+
 def _time_order(ts: np.ndarray, start: int) -> np.ndarray:
     """Global row numbers (start + local) of one source's events in time order (stable).
 
     Sources come mostly in their table's storage order, which for line events is qi order (by order
-    time): timsort's runs make the nearly sorted ones cheap, and sorted ones are not sorted again.
+    time): sorted ones are not sorted again, nearly sorted ones go to timsort (its runs make them cheap),
+    the rest to a radix sort (numpy's stable sort of int64 is timsort: 4x slower on shuffled times).
+    Both are stable: the same permutation.
     """
-    if len(ts) < 2 or bool((ts[1:] >= ts[:-1]).all()):
+    if len(ts) < 2:
         return np.arange(start, start + len(ts), dtype=np.int64)
-    order = np.argsort(ts, kind="stable")
-    order += start
-    return order
+    descents = int(np.count_nonzero(ts[1:] < ts[:-1]))
+    if descents == 0:
+        return np.arange(start, start + len(ts), dtype=np.int64)
+    if descents < len(ts) // 64:
+        order = np.argsort(ts, kind="stable")
+        order += start
+        return order
+    return _radix_order(ts, start)
 
 
 @nb.njit(cache=True, nogil=True)

@@ -227,3 +227,25 @@ def test_constant_value_expressions_are_not_fetched():
     assert _literal("1.0") == 1.0 and _literal(" -CAST(1.0 AS DOUBLE)") == -1.0
     assert _literal("(+CAST(2.5 AS DOUBLE))") == 2.5
     assert _literal("(CAST(2.0 AS DOUBLE)) * (size_rank)") is None and _literal("compound") is None
+
+
+@pytest.mark.parametrize("kind", ["shuffled", "ties", "nearly_sorted", "sorted", "extremes"])
+def test_time_order_is_numpys_stable_argsort(kind):
+    """The scan's event order (radix sort for shuffled times, timsort for nearly sorted ones) is exactly
+    numpy's stable argsort: equal times keep their storage order, so sums add in the same order."""
+    from features.scan import _radix_order, _time_order
+
+    rng = np.random.default_rng(3)
+    n = 50_000
+    ts = {
+        "shuffled": rng.integers(1_600_000_000_000_000, 1_700_000_000_000_000, n),
+        "ties": rng.integers(0, 40, n) * 86_400_000_000 + 1_650_000_000_000_000,
+        "nearly_sorted": np.sort(rng.integers(0, 10**14, n)) - np.where(np.arange(n) % 500 == 0, 10**9, 0),
+        "sorted": np.sort(rng.integers(0, 10**14, n)),
+        "extremes": np.concatenate(
+            [rng.integers(-(2**62), 2**62, n), [np.iinfo(np.int64).min + 1, 2**63 - 1]]
+        ),
+    }[kind].astype(np.int64)
+    expected = np.argsort(ts, kind="stable") + 11
+    np.testing.assert_array_equal(_time_order(ts, 11), expected)
+    np.testing.assert_array_equal(_radix_order(ts, 11), expected)
