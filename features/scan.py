@@ -342,8 +342,10 @@ def _scan_kernel(
 
 
 def warm_up() -> None:
-    """Load (or compile) the kernel from numba's cache: the session starts this in a thread during staging."""
+    """Load (or compile) the kernel and the radix sort from numba's cache: the session starts this in a
+    thread during staging."""
     i64, z = np.zeros(1, np.int64), np.zeros(0, np.int64)
+    _radix_order(np.array([1, 0], np.int64), 0)
     _scan_kernel(
         i64, np.zeros((0, 1), np.int32), z, z, i64, z, z, z, z,
         np.zeros((0, 8), np.int64), np.zeros(0), i64, np.zeros((0, 8), np.int64), i64,
