@@ -597,10 +597,20 @@ def validate_tables(
             values = typed[col_name]
             present = values.notna().to_numpy()
             known = np.zeros(n, dtype=bool)
-            for frame in _frames(parent, clean, reference):
-                known |= values.isin(frame[pkey]).to_numpy()
+            for frame in _frames(parent, clean, reference):  # each frame looks up what is still unknown
+                todo = present & ~known
+                if not todo.any():
+                    break
+                if todo.all():
+                    known |= values.isin(frame[pkey]).to_numpy()
+                else:
+                    at = np.flatnonzero(todo)
+                    known[at] = values.iloc[at].isin(frame[pkey]).to_numpy()
             orphan = present & ~known
-            was_rejected = orphan & values.isin(rejected_keys.get(parent, pd.Index([]))).to_numpy()
+            was_rejected = np.zeros(n, dtype=bool)
+            if orphan.any():
+                at = np.flatnonzero(orphan)
+                was_rejected[at] = values.iloc[at].isin(rejected_keys.get(parent, pd.Index([]))).to_numpy()
             fails.add(was_rejected, f"{PARENT_REJECTED}{parent}.{pkey}", col_name)
             unknown = orphan & ~was_rejected
             if qual in allow_unknown:
