@@ -318,7 +318,7 @@ def _select_names(select: Sequence[str]) -> list[tuple[str, str]]:
 def _pass_through(select: Sequence[str], inputs: Mapping[str, Any], out: Any) -> dict[str, str]:
     """Output columns that are an input column as it is, or cast where Arrow's cast gives DuckDB's values
     (numbers or booleans to DOUBLE: exact; text to VARCHAR): taken from the chunk and cast to the type
-    DuckDB reports for them (`out`) instead of evaluated and copied out again by DuckDB (20 of the 60
+    DuckDB reports for them (`out`) instead of evaluated and copied out again by DuckDB (24 of the 60
     columns, about a third of the expression step). Anything else (a number to text, say) stays in DuckDB.
     `inputs`: the chunk's column types."""
     passed = {}

@@ -187,3 +187,46 @@ def test_features_do_not_depend_on_how_ids_are_spelled(small_generated, ids):
     pd.testing.assert_frame_equal(
         a.astype({c: str for c in cats}), b.astype({c: str for c in cats}), check_exact=False, rtol=1e-9
     )
+
+
+def test_assembly_pass_through_only_where_arrow_gives_duckdbs_values():
+    """Output columns the assembly takes straight from its input chunk: a plain column or a number/boolean
+    cast to DOUBLE or text cast to VARCHAR; a number cast to text, an expression, or a column whose type
+    DuckDB would change stays in DuckDB. Taken columns equal DuckDB's, value and type."""
+    import duckdb
+    import pyarrow as pa
+
+    from features.build import _pass_through
+
+    chunk = pa.table(
+        {
+            "l__id": pa.array([1, 2, None], pa.int64()),
+            "s__n": pa.array([3, None, 5], pa.int32()),
+            "s__x": pa.array([0.5, float("nan"), None]),
+            "sh__b": pa.array([True, False, None]),
+            "l__cat": pa.array(["a", None, "c"], pa.large_string()),
+        }
+    )
+    select = [
+        "l__id AS line_id",
+        "CAST(s__n AS DOUBLE) AS n",
+        "CAST(s__x AS DOUBLE) AS x",
+        "CAST(sh__b AS DOUBLE) AS b",
+        "CAST(l__cat AS VARCHAR) AS cat",
+        "CAST(s__n AS VARCHAR) AS n_text",
+        "CAST((s__x / 2) AS DOUBLE) AS half",
+        "l__cat AS cat_raw",
+    ]
+    con = duckdb.connect()
+    con.register("c", chunk)
+    got = con.sql(f"SELECT {', '.join(select)} FROM c").to_arrow_table()
+    passed = _pass_through(select, {f.name: f.type for f in chunk.schema}, got.schema)
+    assert passed == {"line_id": "l__id", "n": "s__n", "x": "s__x", "b": "sh__b", "cat": "l__cat"}
+    for name, src in passed.items():
+        taken, want = chunk.column(src).cast(got.schema.field(name).type), got.column(name)
+        assert taken.type == want.type and taken.is_null().equals(want.is_null()), name
+        if pa.types.is_floating(want.type):  # NaN where DuckDB has NaN (Arrow's equals calls NaN unequal)
+            a, b = taken.to_numpy(zero_copy_only=False), want.to_numpy(zero_copy_only=False)
+            np.testing.assert_array_equal(a.view(np.int64), b.view(np.int64), err_msg=name)  # same bits
+        else:
+            assert taken.to_pylist() == want.to_pylist(), name
