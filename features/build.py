@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from features import registry
 from features.engine import Context, FeaturizeParams, TableInput, connect, stage
 from features.sql import quote
-from features.streams import build_streams
+from features.streams import build_streams, finish_families
 
 KEYS = ("line_id", "order_id", "customer_id", "product_id", "order_ts")
 LABELS = ("returned", "label_mature")
@@ -80,12 +80,7 @@ def _session(
         ctx.timings["streams_s"] = time.perf_counter() - t0
         for table in ("ret", "rv", "review_text"):  # read by the streams only: memory for the finishes
             ctx.sql(f"DROP TABLE IF EXISTS {table}")
-        for module in registry.FAMILY_MODULES:
-            fin = getattr(module, "finish", None)
-            if fin is not None:
-                t0 = time.perf_counter()
-                fin(ctx)
-                ctx.timings[f"{module.FAMILY}_finish_s"] = time.perf_counter() - t0
+        finish_families(ctx, registry.FAMILY_MODULES)
         yield ctx
     finally:
         con.close()
@@ -405,6 +400,7 @@ def featurize_to_parquet(
         t0 = time.perf_counter()
         stats = _write_chunks(assembled_chunks(ctx, cutoff), out_path)
         ctx.timings["assemble_write_s"] = time.perf_counter() - t0
+        ctx.timings["assemble_writer_wait_s"] = stats.pop("wait_s")
         report = _report(ctx)
     n = stats["rows"]
     report["rows"] = n
@@ -418,13 +414,17 @@ def featurize_to_parquet(
 def _write_chunks(chunks: Iterator[Any], out_path: Path | str) -> dict[str, Any]:
     """Write Arrow chunks into one Parquet file; each chunk is written while the next one is assembled.
 
-    zstd, with dictionary encoding only for text columns (numeric feature columns have too many
-    distinct values for it to pay: same file size, a quarter less CPU). Returns the row count, the
-    null count of every column and the sums of the labels (the report's shares, without re-reading).
+    Snappy, dictionary encoding only for text columns (numeric feature columns have too many distinct
+    values for it to pay: same file size, a quarter less CPU) and min/max statistics only on the keys
+    and labels (what readers filter on). At 10M lines the writer thread had set the assembly's pace:
+    zstd with statistics on every column took 0.87-0.91 s per 1M lines against 0.65 s (the file is 1.6x
+    larger, 86 MB per 1M lines, and reads faster). Returns the row count, the null count of every column,
+    the sums of the labels (the report's shares, without re-reading) and the seconds spent waiting for
+    the writer (`wait_s`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    stats: dict[str, Any] = {"rows": 0, "nulls": {}, "returned": 0.0, "label_mature": 0.0}
+    stats: dict[str, Any] = {"rows": 0, "nulls": {}, "returned": 0.0, "label_mature": 0.0, "wait_s": 0.0}
     writer = None
     with ThreadPoolExecutor(1, thread_name_prefix="parquet") as pool:
         pending = None
@@ -437,7 +437,11 @@ def _write_chunks(chunks: Iterator[Any], out_path: Path | str) -> dict[str, Any]
                         if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
                     ]
                     writer = pq.ParquetWriter(
-                        str(out_path), chunk.schema, compression="zstd", use_dictionary=text or False
+                        str(out_path),
+                        chunk.schema,
+                        compression="snappy",
+                        use_dictionary=text or False,
+                        write_statistics=[c for c in (*KEYS, *LABELS) if c in chunk.column_names],
                     )
                 stats["rows"] += chunk.num_rows
                 for name in chunk.column_names:
@@ -447,7 +451,9 @@ def _write_chunks(chunks: Iterator[Any], out_path: Path | str) -> dict[str, Any]
                         total = pc.sum(chunk.column(label).cast(pa.int64())).as_py()
                         stats[label] += float(total or 0)
                 if pending is not None:
+                    t0 = time.perf_counter()
                     pending.result()
+                    stats["wait_s"] += time.perf_counter() - t0
                 pending = pool.submit(writer.write_table, chunk.cast(writer.schema), ROW_GROUP_ROWS)
             if pending is not None:
                 pending.result()

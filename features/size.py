@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from features.engine import N_SIZE_RANKS, Context, FeaturizeParams
 from features.spec import FeatureSpec
-from features.streams import Events, Running
+from features.streams import Events, LineWork, Running
 from pipeline.contract import SIZE_SCALES
 
 FAMILY = "size"
@@ -406,32 +406,38 @@ _INPUTS = (
 )
 
 
-def finish(ctx: Context) -> None:
+def finish(ctx: Context) -> LineWork:
     """Per line, added to the stream table `sx0` (numpy, replacing 15-rank CASE chains per line): kept count,
     distinct sizes kept, median and mode rank, whether the ordered size was kept, and the true-size
     posterior's mean and sd per size type and the spread of the customer's size evidence. Lines without
-    a sized query row get NULLs (the features are NULL there anyway)."""
-    from features.streams import add_line_columns, line_values
+    a sized query row get NULLs (the features are NULL there anyway). Fetches the ordered size rank
+    here; the statistics are the returned work (which drops the stream's per-rank inputs from `sx0`)."""
+    from features.streams import line_values
 
     sx0 = ctx.arrow["sx0"]
-    n = sx0.num_rows
+    params = ctx.params
     rank = line_values(ctx, {"r": "coalesce(size_rank, -1)"}).column("r")
-    size_rank = rank.to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
-    sized = sx0.column("k0").is_valid().to_numpy(zero_copy_only=False)  # lines with a sized query row
-    k = np.zeros((len(RANKS), n), np.int32)  # counts (int32 from the scan; whole doubles from the SQL)
-    for i in RANKS:
-        k[i] = _counts(sx0.column(f"k{i}"), np.int32)
-    cols = kept_size_stats(k, size_rank)
-    del k
-    sw, swx, swx2 = (_counts(sx0.column(c)) for c in ("sw", "swx", "swx2"))
-    zn = {x: _counts(sx0.column(f"zn_{x}")) for x in _TYPE_KEY.values()}
-    zsum = {x: _counts(sx0.column(f"zsum_{x}")) for x in _TYPE_KEY.values()}
-    cols |= posterior(ctx.params, sw, swx, swx2, zn, zsum, sized)
-    del sw, swx, swx2, zn, zsum
-    unsized = ~sized
-    for c in ("n_kept", "n_sizes", "kept_here", "median_rank", "mode_rank"):
-        cols[c][unsized] = np.nan
-    add_line_columns(ctx, {c: pa.array(v, from_pandas=True) for c, v in cols.items()}, drop=_INPUTS)
+
+    def work() -> tuple[dict[str, pa.Array], tuple[str, ...]]:
+        n = sx0.num_rows
+        size_rank = rank.to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
+        sized = sx0.column("k0").is_valid().to_numpy(zero_copy_only=False)  # lines with a sized query row
+        k = np.zeros((len(RANKS), n), np.int32)  # counts (int32 from the scan; whole doubles from the SQL)
+        for i in RANKS:
+            k[i] = _counts(sx0.column(f"k{i}"), np.int32)
+        cols = kept_size_stats(k, size_rank)
+        del k
+        sw, swx, swx2 = (_counts(sx0.column(c)) for c in ("sw", "swx", "swx2"))
+        zn = {x: _counts(sx0.column(f"zn_{x}")) for x in _TYPE_KEY.values()}
+        zsum = {x: _counts(sx0.column(f"zsum_{x}")) for x in _TYPE_KEY.values()}
+        cols |= posterior(params, sw, swx, swx2, zn, zsum, sized)
+        del sw, swx, swx2, zn, zsum
+        unsized = ~sized
+        for c in ("n_kept", "n_sizes", "kept_here", "median_rank", "mode_rank"):
+            cols[c][unsized] = np.nan
+        return {c: pa.array(v, from_pandas=True) for c, v in cols.items()}, _INPUTS
+
+    return work
 
 
 def _phi(x: str) -> str:

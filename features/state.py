@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from features import price, registry
 from features.engine import Context, FeaturizeParams, connect, create_pop, stage
 from features.sql import quote, union_all
-from features.streams import STREAMS, Events, Running, build_streams
+from features.streams import STREAMS, Events, Running, build_streams, finish_families
 from pipeline.contract import TABLES
 
 STATE_VERSION = 1
@@ -391,10 +391,7 @@ def batch_session(
                 Events(name, f"FROM (SELECT *, {before} AS ts FROM st_{name}) st", "ts", {c: c for c in cols})
             )
         build_streams(ctx, runnings, events, method=p.stream_method)
-        for module in registry.FAMILY_MODULES:
-            fin = getattr(module, "finish", None)
-            if fin is not None:
-                fin(ctx)
+        finish_families(ctx, registry.FAMILY_MODULES)
         yield ctx
     finally:
         con.close()
