@@ -208,7 +208,7 @@ def _ordered_by_qi(table: Any, a: int, b: int) -> Any:
     return table
 
 
-def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
+def assembled_chunks(ctx: Context, cutoff: Any, *, overlap: bool = False) -> Iterator[Any]:
     """The feature table (Arrow) in qi order, one chunk of target lines after another.
 
     A single query over 10M lines made DuckDB buffer the whole wide result to keep its row order
@@ -220,7 +220,16 @@ def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
     2. the select list is evaluated over one Arrow table of those columns and the stream table `sx0`'s
        slice, aligned by position (`alias.field` in the expressions read as column `alias__field`), so the
        wide stream columns are never hashed or joined (the join by qi was the assembly's largest cost).
+
+    Step 2 reads only that Arrow table, so it runs on a second DuckDB connection to the same database
+    (`cursor()`; the staged tables are TEMP, visible to the session's connection only). With `overlap`,
+    it runs on a worker thread: chunk i's expressions next to chunk i+1's narrow query (and the
+    caller's work on chunk i-1, e.g. the Parquet writer); at most two chunks are being assembled at once.
+    Step 1 runs DuckDB single-threaded, which keeps the rows in qi order without a sort; with `overlap`,
+    step 2 too (the two connections are the parallelism).
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     sx0 = ctx.arrow["sx0"]
     for table in ("ret", "rv", "review_text"):  # read by the streams only
         ctx.sql(f"DROP TABLE IF EXISTS {table}")
@@ -242,9 +251,6 @@ def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
     known = set(fields)
     flat_select = [_FIELD.sub(lambda m: f"{m[1]}__{m[2]}" if m[1] in known else m[0], e) for e in select]
     out_names = [name for name, _ in _select_names(flat_select)]
-    passed: dict[str, str] | None = None  # output -> input column, decided on the first chunk
-    final_sql = ""
-    out_schema = pa.schema([])
     tables = ["ord", *(t for m in registry.FAMILY_MODULES for t in getattr(m, "ORDER_TABLES", []))]
     # joined views (e.g. t_customers over a Parquet file) are read once, not once per chunk
     views = {
@@ -254,45 +260,85 @@ def assembled_chunks(ctx: Context, cutoff: Any) -> Iterator[Any]:
     }
     for v in sorted(views):
         ctx.sql(f"CREATE OR REPLACE TEMP TABLE _asm_{v} AS SELECT * FROM {v}")
-    for a, b, lo, hi in _chunk_bounds(ctx):
+
+    def lines(a: int, b: int, lo: str, hi: str) -> dict[str, Any]:
+        """Step 1 (session connection): the chunk's input columns by name, in qi order."""
+        t0 = time.perf_counter()
         ctes = [f"lt AS (SELECT * FROM temp.main.ln WHERE is_target AND qi >= {a} AND qi < {b})"]
         between = f"order_ts BETWEEN TIMESTAMP {quote(lo)} AND TIMESTAMP {quote(hi)}"
         ctes += [f"{t} AS (SELECT * FROM temp.main.{t} WHERE {between})" for t in tables]
         ctes += [f"{v} AS (SELECT * FROM temp.main._asm_{v})" for v in sorted(views)]
-        t0 = time.perf_counter()
-        # one thread: the join streams `lt` (in qi order) through its hash tables and keeps that order,
-        # so the usual permutation of ~20 columns by qi (0.4 s per 1M lines) is skipped; the Parquet
-        # writer's thread works next to it (_ordered_by_qi still checks, and permutes if needed)
-        ctx.sql("SET threads = 1")
+        # the join streams `lt` (in qi order) through its hash tables and keeps that order on one thread,
+        # so the usual permutation of ~20 columns by qi (0.4 s per 1M lines) is skipped (_ordered_by_qi
+        # still checks, and permutes if needed)
+        if pool is None:
+            ctx.sql("SET threads = 1")
         try:
             raw = ctx.con.sql(f"WITH {', '.join(ctes)}\n{narrow_sql}").to_arrow_table()
         finally:
-            ctx.sql(f"SET threads = {int(ctx.params.threads)}")
+            if pool is None:  # the expressions get every thread
+                ctx.sql(f"SET threads = {int(ctx.params.threads)}")
         part = _ordered_by_qi(raw, a, b)
         s = sx0.slice(a, b - a)
         flat = {f"s__{f}": s.column(f) for f in fields["s"]}
         flat.update({c: part.column(c) for c in part.column_names})
-        ctx.con.register("assembly_chunk", pa.table(flat))
-        t1 = time.perf_counter()
-        if passed is None:  # the types DuckDB gives every output column, and which ones need no DuckDB
-            probe = f"SELECT {', '.join(flat_select)} FROM assembly_chunk LIMIT 0"
-            out_schema = ctx.con.sql(probe).to_arrow_table().schema
-            passed = _pass_through(flat_select, {f: c.type for f, c in flat.items()}, out_schema)
-            computed = [e for e, n in zip(flat_select, out_names, strict=True) if n not in passed]
-            final_sql = f"SELECT {', '.join([*computed, _QI])} FROM assembly_chunk"
-        part = _ordered_by_qi(ctx.con.sql(final_sql).to_arrow_table(), a, b)
-        ctx.con.unregister("assembly_chunk")
+        ctx.timings["assemble_lines_s"] = ctx.timings.get("assemble_lines_s", 0.0) + time.perf_counter() - t0
+        return flat
+
+    plan: dict[str, Any] = {}  # decided on the first chunk: pass-through columns, types, the SQL
+
+    def features(con: Any, flat: dict[str, Any], a: int, b: int) -> Any:
+        """Step 2 (its own connection): the select list over the chunk's columns, pass-through columns cast."""
+        t0 = time.perf_counter()
+        con.register("assembly_chunk", pa.table(flat))
+        try:
+            if not plan:  # the types DuckDB gives every output column, and which ones need no DuckDB
+                probe = f"SELECT {', '.join(flat_select)} FROM assembly_chunk LIMIT 0"
+                plan["schema"] = out_schema = con.sql(probe).to_arrow_table().schema
+                plan["passed"] = passed = _pass_through(
+                    flat_select, {f: c.type for f, c in flat.items()}, out_schema
+                )
+                computed = [e for e, n in zip(flat_select, out_names, strict=True) if n not in passed]
+                plan["sql"] = f"SELECT {', '.join([*computed, _QI])} FROM assembly_chunk"
+            part = _ordered_by_qi(con.sql(plan["sql"]).to_arrow_table(), a, b)
+        finally:
+            con.unregister("assembly_chunk")
+        passed, out_schema = plan["passed"], plan["schema"]
         cols = [
             flat[passed[n]].cast(out_schema.field(n).type) if n in passed else part.column(n)
             for n in out_names
         ]
-        table = pa.table([*cols, part.column(_QI)], names=[*out_names, _QI])
-        t2 = time.perf_counter()
-        ctx.timings["assemble_lines_s"] = ctx.timings.get("assemble_lines_s", 0.0) + t1 - t0
-        ctx.timings["assemble_features_s"] = ctx.timings.get("assemble_features_s", 0.0) + t2 - t1
-        yield table.drop_columns([_QI])
-    for v in views:
-        ctx.sql(f"DROP TABLE IF EXISTS _asm_{v}")
+        table = pa.table(cols, names=out_names)
+        ctx.timings["assemble_features_s"] = (
+            ctx.timings.get("assemble_features_s", 0.0) + time.perf_counter() - t0
+        )
+        return table
+
+    cur = ctx.con.cursor()
+    pool = ThreadPoolExecutor(1, thread_name_prefix="assembly") if overlap else None
+    if pool is not None:  # threads is a database setting: both connections run on one thread each
+        ctx.sql("SET threads = 1")
+    try:
+        pending: Future | None = None
+        for a, b, lo, hi in _chunk_bounds(ctx):
+            flat = lines(a, b, lo, hi)
+            if pool is None:
+                yield features(cur, flat, a, b)
+                continue
+            job = pool.submit(features, cur, flat, a, b)
+            del flat
+            if pending is not None:
+                yield pending.result()
+            pending = job
+        if pending is not None:
+            yield pending.result()
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        cur.close()
+        ctx.sql(f"SET threads = {int(ctx.params.threads)}")
+        for v in views:
+            ctx.sql(f"DROP TABLE IF EXISTS _asm_{v}")
 
 
 _SELECT_ITEM = re.compile(r"^(.*) AS (\w+)$", re.S)
@@ -398,7 +444,7 @@ def featurize_to_parquet(
     """
     with _session(tables, params) as ctx:
         t0 = time.perf_counter()
-        stats = _write_chunks(assembled_chunks(ctx, cutoff), out_path)
+        stats = _write_chunks(assembled_chunks(ctx, cutoff, overlap=True), out_path)
         ctx.timings["assemble_write_s"] = time.perf_counter() - t0
         ctx.timings["assemble_writer_wait_s"] = stats.pop("wait_s")
         report = _report(ctx)
