@@ -57,7 +57,7 @@ class FeaturizeParams:
     stream_method: str = (
         "scan"  # "scan" (one time-ordered pass, features/scan.py) or "sql" (window functions)
     )
-    assembly_chunk_rows: int = 1_000_000  # target lines assembled (and held in memory) at a time
+    assembly_chunk_rows: int = 500_000  # target lines assembled (and held in memory) at a time
     # priors of features/size.py and the late-return share of features/past_returns.py (params.yaml says
     # where the defaults come from); each module checks its own
     size_moments: dict[str, list[float]] = field(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from features.basket import basket_counts
@@ -193,9 +194,6 @@ def test_assembly_pass_through_only_where_arrow_gives_duckdbs_values():
     """Output columns the assembly takes straight from its input chunk: a plain column or a number/boolean
     cast to DOUBLE or text cast to VARCHAR; a number cast to text, an expression, or a column whose type
     DuckDB would change stays in DuckDB. Taken columns equal DuckDB's, value and type."""
-    import duckdb
-    import pyarrow as pa
-
     from features.build import _pass_through
 
     chunk = pa.table(
@@ -230,3 +228,48 @@ def test_assembly_pass_through_only_where_arrow_gives_duckdbs_values():
             np.testing.assert_array_equal(a.view(np.int64), b.view(np.int64), err_msg=name)  # same bits
         else:
             assert taken.to_pylist() == want.to_pylist(), name
+
+
+def test_finish_work_runs_side_by_side_and_lands_in_family_order():
+    """finish_families: each family's DuckDB part runs on the session thread, its array work on worker
+    threads at the same time, and the columns reach `sx0` in family order whichever work ends first
+    (the same table every run); a family's `drop` removes its inputs, a finish without work adds nothing."""
+    import threading
+    import types
+
+    import duckdb
+
+    from features.engine import Context, FeaturizeParams
+    from features.streams import finish_families
+
+    con = duckdb.connect()
+    ctx = Context(con, FeaturizeParams(threads=2), set())
+    ctx.arrow["sx0"] = pa.table({"qi": [0, 1, 2], "k0": [5, 6, 7]})
+    both_started = threading.Barrier(2, timeout=10)  # passes only if the two works overlap
+    session = threading.get_ident()
+    seen: list[int] = []
+
+    def family(name, values, delay, drop=()):
+        def finish(ctx):
+            seen.append(threading.get_ident())  # the DuckDB part: on the session's thread
+            ctx.con.execute("SELECT 1").fetchall()
+
+            def work():
+                both_started.wait()
+                threading.Event().wait(delay)
+                return {name: pa.array(values)}, drop
+
+            return work
+
+        return types.SimpleNamespace(FAMILY=name, finish=finish)
+
+    slow_first = family("a_slow", [1.0, 2.0, 3.0], 0.3, drop=("k0",))
+    no_work = types.SimpleNamespace(FAMILY="plain", finish=lambda ctx: None)
+    fast_second = family("b_fast", [4, 5, 6], 0.0)
+    finish_families(ctx, [slow_first, no_work, fast_second])
+    sx0 = ctx.arrow["sx0"]
+    assert sx0.column_names == ["qi", "a_slow", "b_fast"]
+    assert sx0.column("a_slow").to_pylist() == [1.0, 2.0, 3.0]
+    assert seen == [session, session]
+    assert con.execute("SELECT sum(b_fast) FROM sx0").fetchone()[0] == 15  # registered with DuckDB
+    assert {"a_slow_finish_work_s", "b_fast_finish_work_s", "finish_work_s"} <= set(ctx.timings)
