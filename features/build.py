@@ -438,9 +438,9 @@ def featurize_to_parquet(
 ) -> dict[str, Any]:
     """The same table as `build_features`, written chunk by chunk into Parquet (no pandas copy).
 
-    For large histories: one chunk of rows (featurize.assembly_chunk_rows) is in memory at a time, next
-    to DuckDB's own (memory_limit). The caller renames the file into place (atomic writes live in
-    pipeline.io).
+    For large histories: chunks of featurize.assembly_chunk_rows lines, at most three in memory at a time
+    (one being joined, one evaluated, one written: `assembled_chunks(overlap=True)`), next to DuckDB's own
+    (memory_limit). The caller renames the file into place (atomic writes live in pipeline.io).
     """
     with _session(tables, params) as ctx:
         t0 = time.perf_counter()
