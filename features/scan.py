@@ -23,6 +23,7 @@ of the window's; tests/test_features_parity.py at 1e-9).
 
 from __future__ import annotations
 
+import ctypes
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -399,6 +400,20 @@ def _partition(work: np.ndarray, threads: int) -> list[dict[int, int]]:
     return [p for p in parts if p]
 
 
+def _release_freed_heap() -> None:
+    """Hand the C heap's free pages back to the OS (glibc `malloc_trim`; a no-op elsewhere).
+
+    The event fetch leaves holes in the heap (DuckDB's result buffers, freed out of order) that glibc keeps
+    resident; the kernel's output arrays are new mappings, so without this the process peaks with both.
+    At 10M lines, 0.6-0.75 GiB released in 0.06 s before the first kernel: peak RSS 7.9 -> 7.4 GiB.
+    """
+    try:
+        trim = ctypes.CDLL(None).malloc_trim  # the process's own C library
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
 def _float_values(col: pa.ChunkedArray) -> np.ndarray:
     return _filled(col, 0.0).astype(np.float64, copy=False)
 
@@ -647,6 +662,7 @@ def scan_streams(
     e_ts = e_ts[e_perm]  # the kernel compares times in order: sequential reads
     lap("sort")
 
+    _release_freed_heap()  # the fetched tables' freed memory, before the outputs: the featurize peak
     # ---- outputs
     read_sum, read_oth = [], []
     nf = ni = no = 0
