@@ -348,41 +348,40 @@ LineWork = Callable[[], tuple[Mapping[str, Any], Sequence[str]]]
 
 def finish_families(ctx: Context, modules: Sequence[Any]) -> None:
     """Run every family's `finish` (after the streams): the DuckDB part one family after another on the
-    session's connection (not safe to share between threads), then the `LineWork` they return on up to
-    `threads` worker threads at once, adding their columns in family order (the same `sx0` every run).
+    session's connection (not safe to share between threads), each family's returned `LineWork` on a
+    worker thread as soon as its DuckDB part is done (up to `threads` at once, next to the following
+    families' DuckDB parts), then add their columns in family order (the same `sx0` every run).
 
     Why: the size and basket finishes are seconds of numpy/numba each at 10M lines (nogil kernels) and
     ran one after the other with the second core idle. Timings: `<family>_finish_s` (the DuckDB part),
-    `<family>_finish_work_s` (its array work), `finish_work_s` (all of it, wall).
+    `<family>_finish_work_s` (its array work), `finish_work_s` (from the first work started to the last
+    column added, wall).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    work: list[tuple[str, LineWork]] = []
-    for module in modules:
-        fin = getattr(module, "finish", None)
-        if fin is None:
-            continue
-        t0 = time.perf_counter()
-        todo = fin(ctx)
-        ctx.timings[f"{module.FAMILY}_finish_s"] = time.perf_counter() - t0
-        if todo is not None:
-            work.append((module.FAMILY, todo))
-    if not work:
-        return
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     def timed(todo: LineWork) -> tuple[tuple[Mapping[str, Any], Sequence[str]], float]:
         t = time.perf_counter()
         return todo(), time.perf_counter() - t
 
-    t0 = time.perf_counter()
-    threads = max(1, min(len(work), int(ctx.params.threads)))
-    with ThreadPoolExecutor(threads, thread_name_prefix="finish") as pool:
-        futures = [(family, pool.submit(timed, todo)) for family, todo in work]
-        done = [(family, f.result()) for family, f in futures]
+    started: list[tuple[str, Future]] = []
+    t_first = None
+    with ThreadPoolExecutor(max(1, int(ctx.params.threads)), thread_name_prefix="finish") as pool:
+        for module in modules:
+            fin = getattr(module, "finish", None)
+            if fin is None:
+                continue
+            t0 = time.perf_counter()
+            todo = fin(ctx)
+            ctx.timings[f"{module.FAMILY}_finish_s"] = time.perf_counter() - t0
+            if todo is not None:
+                t_first = t_first or time.perf_counter()
+                started.append((module.FAMILY, pool.submit(timed, todo)))
+        done = [(family, f.result()) for family, f in started]
     for family, ((columns, drop), seconds) in done:
         add_line_columns(ctx, columns, drop=drop)
         ctx.timings[f"{family}_finish_work_s"] = seconds
-    ctx.timings["finish_work_s"] = time.perf_counter() - t0
+    if t_first is not None:
+        ctx.timings["finish_work_s"] = time.perf_counter() - t_first
 
 
 def add_line_columns(ctx: Context, columns: Mapping[str, Any], drop: Sequence[str] = ()) -> None:
