@@ -20,8 +20,9 @@ def _coded(values: pd.Series) -> tuple[np.ndarray, int, np.ndarray]:
     return np.where(valid, codes, len(uniq)).astype(np.int64), len(uniq) + 1, valid
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_basket_counts_equal_group_by_sql(seed):
+@pytest.mark.parametrize("seed,threads", [(0, 1), (1, 1), (2, 2)])
+def test_basket_counts_equal_group_by_sql(seed, threads):
+    """basket_counts = the GROUP BY SQL it replaced, on one thread or with its kernels side by side."""
     rng = np.random.default_rng(seed)
     n = 3000
     df = pd.DataFrame(
@@ -60,6 +61,7 @@ def test_basket_counts_equal_group_by_sql(seed):
         _coded(df["color"]),
         df["quantity"].to_numpy(),
         df["unit_price"].to_numpy(),
+        threads=threads,
     )
     for c in sql.columns:
         expected = sql[c].astype(float).to_numpy()
