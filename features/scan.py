@@ -655,11 +655,25 @@ def scan_streams(
     ivalid = np.concatenate(vparts_valid) if vparts_valid else np.zeros(0, np.uint8)
     del vparts, wparts, iparts, vparts_valid
     lap("values")
-    e_perm = np.concatenate(
-        [_time_order(e_ts[src_start[j] : src_start[j + 1]], int(src_start[j])) for j in range(n_src)]
-        or [np.zeros(0, np.int64)]
-    )
-    e_ts = e_ts[e_perm]  # the kernel compares times in order: sequential reads
+    # each source's time order, and its times in that order (the kernel's reads are then sequential);
+    # sources sorted side by side, largest first (radix sort and take release the GIL)
+    e_perm = np.empty(len(e_ts), np.int64)
+    e_sorted = np.empty_like(e_ts)
+
+    def order_source(j: int) -> None:
+        a, b = int(src_start[j]), int(src_start[j + 1])
+        e_perm[a:b] = _time_order(e_ts[a:b], a)
+        np.take(e_ts, e_perm[a:b], out=e_sorted[a:b])
+
+    by_size = sorted(range(n_src), key=lambda j: (-int(n_rows[j]), j))
+    threads = max(1, min(n_src, int(getattr(ctx.params, "threads", 1))))
+    if threads > 1:
+        with ThreadPoolExecutor(threads, thread_name_prefix="scan-sort") as pool:
+            list(pool.map(order_source, by_size))
+    else:
+        for j in by_size:
+            order_source(j)
+    e_ts = e_sorted
     lap("sort")
 
     _release_freed_heap()  # the fetched tables' freed memory, before the outputs: the featurize peak
