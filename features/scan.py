@@ -530,35 +530,25 @@ def scan_streams(
     n_rows = np.array([t.num_rows for t in fetched], np.int64)
     src_start = np.zeros(n_src + 1, np.int64)
     np.cumsum(n_rows, out=src_start[1:])
+    n_codes: list[int] = []
     q_codes = np.full((len(names), size), -1, np.int32)
     k_off = np.zeros(n_src, np.int64)
     n_slots = np.array([len(src.streams) for src in sources], np.int64)
     np.cumsum((n_rows * n_slots)[:-1], out=k_off[1:])
     # source j's codes for its key slot k: kflat[k_off[j] + k * n_j : k_off[j] + (k + 1) * n_j]
     kflat = np.empty(int((n_rows * n_slots).sum()), np.int32)
-
-    def code_stream(s: int, tables: list = fetched) -> int:
-        """Stream s's key codes: its query rows' into q_codes[s], each feeding source's into its kflat view."""
-        name = names[s]
+    for s, name in enumerate(names):
         feeding = [(j, src.streams.index(s)) for j, src in enumerate(sources) if s in src.streams]
-        parts = [q_keys[s]]
+        parts = [q_keys.pop(s)]
         out_views = [np.empty(len(q_rows[s]), np.int32)]
         for j, slot in feeding:
-            parts.append([tables[j].column(f"k{slot}_{i}") for i in range(len(specs[name].keys))])
+            parts.append([fetched[j].column(f"k{slot}_{i}") for i in range(len(specs[name].keys))])
             at = int(k_off[j] + slot * n_rows[j])
             out_views.append(kflat[at : at + int(n_rows[j])])
         codes, n = key_codes(parts, out_views)
+        n_codes.append(n)
         q_codes[s, q_rows[s]] = codes[0]
-        return n
-
-    # streams coded side by side (disjoint outputs; Arrow's dictionary encoding and numpy release the GIL)
-    threads = max(1, min(len(names), int(getattr(ctx.params, "threads", 1))))
-    if threads > 1:
-        with ThreadPoolExecutor(threads, thread_name_prefix="scan-codes") as pool:
-            n_codes = list(pool.map(code_stream, range(len(names))))
-    else:
-        n_codes = [code_stream(s) for s in range(len(names))]
-    q_keys.clear()
+        del codes, out_views
     for j, t in enumerate(fetched):  # the keys are codes now: free their buffers
         fetched[j] = t.drop_columns([c for c in t.column_names if c.startswith("k")])
     del t
