@@ -135,7 +135,7 @@ def basket_counts(
     (NaN for a NULL category: SQL's join on category finds no row). Orders are grouped by a counting sort
     and each order's few rows sorted on their own (no global sort or hash of 10M keys). With `threads` > 1
     the order sums and the three per-order counts (nogil kernels, each with its own outputs) run side by
-    side: the same values, for two more int64 arrays per line.
+    side: the same values, for four more int64 arrays per line.
     """
     from concurrent.futures import ThreadPoolExecutor
 

@@ -260,6 +260,8 @@ def assembled_chunks(ctx: Context, cutoff: Any, *, overlap: bool = False) -> Ite
     }
     for v in sorted(views):
         ctx.sql(f"CREATE OR REPLACE TEMP TABLE _asm_{v} AS SELECT * FROM {v}")
+    cur = ctx.con.cursor()  # step 2's connection
+    pool = ThreadPoolExecutor(1, thread_name_prefix="assembly") if overlap else None
 
     def lines(a: int, b: int, lo: str, hi: str) -> dict[str, Any]:
         """Step 1 (session connection): the chunk's input columns by name, in qi order."""
@@ -314,8 +316,6 @@ def assembled_chunks(ctx: Context, cutoff: Any, *, overlap: bool = False) -> Ite
         )
         return table
 
-    cur = ctx.con.cursor()
-    pool = ThreadPoolExecutor(1, thread_name_prefix="assembly") if overlap else None
     if pool is not None:  # threads is a database setting: both connections run on one thread each
         ctx.sql("SET threads = 1")
     try:

@@ -667,12 +667,8 @@ def scan_streams(
 
     by_size = sorted(range(n_src), key=lambda j: (-int(n_rows[j]), j))
     threads = max(1, min(n_src, int(getattr(ctx.params, "threads", 1))))
-    if threads > 1:
-        with ThreadPoolExecutor(threads, thread_name_prefix="scan-sort") as pool:
-            list(pool.map(order_source, by_size))
-    else:
-        for j in by_size:
-            order_source(j)
+    with ThreadPoolExecutor(threads, thread_name_prefix="scan-sort") as pool:
+        list(pool.map(order_source, by_size))
     e_ts = e_sorted
     lap("sort")
 
