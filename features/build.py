@@ -57,18 +57,25 @@ def _session(
     """Stage the tables, run every family's preparation and the streams; close DuckDB afterwards."""
     p = FeaturizeParams.from_params(params)
     con = connect(p)
-    try:
-        t0 = time.perf_counter()
-        ctx = stage(con, tables, p, target_orders)
-        ctx.timings["stage_s"] = time.perf_counter() - t0
-        ctx.background = True  # build_streams resolves ctx.pending (review scores) when needed
-        values = asdict(p)
+
+    def prepare(ctx: Context, early: bool) -> None:
         for module in registry.FAMILY_MODULES:
             prep = getattr(module, "prepare", None)
-            if prep is not None:
+            if prep is not None and getattr(module, "PREPARE_EARLY", False) == early:
                 t0 = time.perf_counter()
                 prep(ctx)
                 ctx.timings[f"{module.FAMILY}_prepare_s"] = time.perf_counter() - t0
+
+    def start_early(ctx: Context) -> None:
+        ctx.background = True  # build_streams resolves ctx.pending (review scores) when needed
+        prepare(ctx, early=True)
+
+    try:
+        t0 = time.perf_counter()
+        ctx = stage(con, tables, p, target_orders, early=start_early)
+        ctx.timings["stage_s"] = time.perf_counter() - t0  # includes the early preparations
+        values = asdict(p)
+        prepare(ctx, early=False)
         runnings = [r for m in registry.FAMILY_MODULES for r in getattr(m, "RUNNINGS", [])]
         events = [
             replace(e, values={k: v.format(**values) for k, v in e.values.items()})

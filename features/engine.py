@@ -173,8 +173,13 @@ def stage(
     tables: Mapping[str, TableInput | None],
     params: FeaturizeParams,
     target_orders: TableInput | None = None,
+    early: Callable[[Context], None] | None = None,
 ) -> Context:
-    """Create typed views t_<table> over the inputs and the base tables ln, ret and pop."""
+    """Create typed views t_<table> over the inputs and the base tables ln, ret and pop.
+
+    `early(ctx)` runs between the two: work that reads only the typed views (the review texts VADER
+    scores in a background process) starts before the seconds of joins and sorts of the base tables.
+    """
     if params.stream_method == "scan":
         threading.Thread(target=_warm_up_scan, name="scan-warm-up", daemon=True).start()
     present: dict[str, list[str]] = {}
@@ -230,6 +235,8 @@ def stage(
     else:
         target_expr = "TRUE"
     ctx = Context(con, params, available, counts)
+    if early is not None:
+        early(ctx)
     _base_tables(ctx, target_expr)
     return ctx
 

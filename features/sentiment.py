@@ -48,6 +48,11 @@ FIT_PROBLEM = (
 )
 
 
+#: `prepare` reads only the typed input views (t_reviews): featurize runs it before the base tables, so
+#: the VADER worker starts seconds earlier (features.engine.stage's `early`)
+PREPARE_EARLY = True
+
+
 def prepare(ctx: Context) -> None:
     """Score each distinct review text once, flag fit mentions, and build `rv` (one row per review).
 

@@ -9,6 +9,7 @@ bit (tests/test_features_families.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -83,7 +84,21 @@ def start_scoring(texts: Sequence[str]) -> Callable[[], tuple[np.ndarray, float]
     return result
 
 
+def _yield_cpu() -> None:
+    """Run at the lowest CPU priority (Unix `nice` 19; elsewhere as is).
+
+    The scores are needed only by the late stream pass, seconds after the worker starts: at normal
+    priority it took a core from the scan's kernel threads and prolonged the critical path; at nice 19
+    it runs on the core the featurize process leaves idle (single-threaded preparation, the kernel's
+    longest run alone). Measured at 10M lines in BENCHMARKS.md ("Seventh pass").
+    """
+    if hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(19)
+
+
 def _main() -> None:
+    _yield_cpu()
     texts = _unpack(sys.stdin.buffer.read())
     sys.stdout.buffer.write(sentiment_scores(texts).tobytes())
     sys.stdout.buffer.flush()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -361,6 +365,37 @@ def test_vader_worker_process_gives_the_in_process_scores_bit_for_bit(monkeypatc
     monkeypatch.setattr(vader.sys, "executable", "/bin/false")  # a worker that fails says so
     with pytest.raises(RuntimeError, match="VADER worker failed"):
         vader.start_scoring(texts)()
+
+
+@pytest.mark.skipif(not hasattr(os, "nice"), reason="process priorities are a Unix feature")
+def test_vader_worker_runs_at_the_lowest_cpu_priority():
+    """The worker yields the cores to the scan's threads (its scores are needed only later)."""
+    code = "import os; from features.vader import _yield_cpu; _yield_cpu(); print(os.nice(0))"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == 19
+
+
+def test_review_scoring_starts_before_the_base_tables(monkeypatch):
+    """featurize starts VADER between the input views and the joins and sorts of the base tables."""
+    from features import sentiment
+
+    seen = []
+    original = sentiment.prepare
+
+    def prepare(ctx):
+        tables = {n for (n,) in ctx.con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        views = {n for (n,) in ctx.con.execute("SELECT view_name FROM duckdb_views()").fetchall()}
+        seen.append(("ln" in tables, "t_reviews" in views, ctx.background))
+        original(ctx)
+
+    monkeypatch.setattr(sentiment, "prepare", prepare)
+    t = base()
+    t.review(1, 10, "2024-01-01", "I love it, great quality!", 5)
+    (q,) = t.order(1, 1, "2024-01-05", [{"product_id": 10, "size": "M"}])
+    f = feats(t)
+    assert seen == [(False, True, True)]  # once, before `ln`, in the background
+    assert f.loc[q, "product_sentiment_mean"] > 0.5
 
 
 @pytest.mark.parametrize(
