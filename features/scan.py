@@ -417,10 +417,10 @@ def _release_freed_heap() -> None:
 def _written(shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
     """Zeros written here, on the calling thread (np.full), not lazily mapped zero pages (np.zeros).
 
-    For the kernel's state and outputs: the kernel's threads would otherwise fault their pages in while
-    running side by side, which on a VM whose fresh pages come from the host cost more system time than
-    one sequential fill here (10M lines, three alternated pairs: system time 17.5 -> 16.1 s, child wall
-    40.0 -> 38.8 s; BENCHMARKS.md, seventh pass).
+    For the kernel's state and outputs, whose pages the kernel's threads would otherwise fault in while
+    they run side by side. Measured at 10M lines (three alternated pairs, BENCHMARKS.md seventh pass):
+    system time 17.5 -> 16.1 s, child wall 40.0 -> 38.8 s. On this VM fresh pages come from the host,
+    and faulting them in from two threads at once appears to cost more than one sequential fill.
     """
     return np.full(shape, 0, dtype)
 
