@@ -54,7 +54,8 @@ def _timestamp(value: Any) -> pd.Timestamp:
 def _session(
     tables: Mapping[str, TableInput | None], params: Any, target_orders: TableInput | None = None
 ) -> Iterator[Context]:
-    """Stage the tables, run every family's preparation and the streams; close DuckDB afterwards."""
+    """Stage the tables, run every family's preparation (those marked PREPARE_EARLY while staging, before
+    the base tables) and the streams; close DuckDB afterwards."""
     p = FeaturizeParams.from_params(params)
     con = connect(p)
 

@@ -4,7 +4,7 @@ VADER (vaderSentiment) is pure Python: scored in a thread it holds the GIL for s
 numpy/DuckDB driver code next to it. `start_scoring` runs the very same `sentiment_scores` in a child
 interpreter (`python -m features.vader`) that imports only numpy and vaderSentiment; the texts go in and
 the float64 scores come back over pipes, so the scores are the ones the in-process call gives, bit for
-bit (tests/test_features_families.py).
+bit (tests/test_features_families.py). The worker runs at the lowest CPU priority (`_yield_cpu`).
 """
 
 from __future__ import annotations
