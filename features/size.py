@@ -281,7 +281,10 @@ def compare_moments(
 def _counts(col: Any, dtype: Any = np.float64) -> np.ndarray:
     """A stream column's values as numpy without a fill pass: NULL slots hold whatever the buffer holds, so
     callers mask them afterwards (every output of `finish` is NULL where the line has no sized query row)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if isinstance(col, pa.ChunkedArray):  # one chunk (the scan's columns): its buffer, not a copy of it
+        arr = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
+    else:
+        arr = col
     if arr.type != pa.from_numpy_dtype(np.dtype(dtype)):
         arr = arr.cast(pa.from_numpy_dtype(np.dtype(dtype)), safe=False)
     if len(arr) == 0:
