@@ -34,7 +34,7 @@ A 15-rank log-likelihood grid with Laplace costs was measured too: same test AUC
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numba as nb
@@ -296,14 +296,14 @@ def _counts(col: Any, dtype: Any = np.float64) -> np.ndarray:
 
 @nb.njit(cache=True, nogil=True)
 def _kept_stats(k, size_rank):  # fmt: skip
-    n_ranks, n = k.shape
+    n_ranks, n = len(k), len(k[0])  # k: a tuple of one count array per rank
     n_kept, n_sizes = np.zeros(n), np.zeros(n)
     median, mode, here = np.full(n, np.nan), np.full(n, np.nan), np.zeros(n)
     for q in range(n):
         total = 0.0
-        best, arg, sizes = k[0, q], 0, 0.0
+        best, arg, sizes = k[0][q], 0, 0.0
         for i in range(n_ranks):
-            v = k[i, q]
+            v = k[i][q]
             total += v
             if v > 0:
                 sizes += 1.0
@@ -311,14 +311,14 @@ def _kept_stats(k, size_rank):  # fmt: skip
                 best, arg = v, i
         n_kept[q], n_sizes[q] = total, sizes
         r = size_rank[q]
-        if 0 <= r < n_ranks and k[r, q] > 0:
+        if 0 <= r < n_ranks and k[r][q] > 0:
             here[q] = 1.0
         if total > 0:
             j_lo, j_hi = np.floor((total + 1) / 2), np.floor(total / 2) + 1
             lo = hi = -1
             prefix = 0.0
             for i in range(n_ranks):
-                prefix += k[i, q]
+                prefix += k[i][q]
                 if lo < 0 and prefix >= j_lo:
                     lo = i
                 if hi < 0 and prefix >= j_hi:
@@ -329,16 +329,17 @@ def _kept_stats(k, size_rank):  # fmt: skip
     return n_kept, n_sizes, median, mode, here
 
 
-def kept_size_stats(k: np.ndarray, size_rank: np.ndarray) -> dict[str, np.ndarray]:
-    """Per line, from the kept-size histogram k (ranks x lines, counts) and the ordered rank (-1: none).
+def kept_size_stats(k: np.ndarray | Sequence[np.ndarray], size_rank: np.ndarray) -> dict[str, np.ndarray]:
+    """Per line, from the kept-size histogram k (ranks x lines, counts: a 2-D array or one array per rank,
+    e.g. views of the stream table's columns, not stacked into a copy) and the ordered rank (-1: none).
 
     n_kept, n_sizes (ranks kept at least once), median_rank (mean of the two middle order statistics),
     mode_rank (most kept rank, ties: the smaller), kept_here (1.0 when the ordered rank was kept). Median and
     mode are NaN (NULL) when nothing was kept. The same values as the SQL CASE chains they replace (whole
     numbers and halves: exact).
     """
-    n_ranks, n = k.shape
-    n_kept, n_sizes, median, mode, here = _kept_stats(np.ascontiguousarray(k), size_rank.astype(np.int64))
+    rows = tuple(np.ascontiguousarray(r) for r in k)
+    n_kept, n_sizes, median, mode, here = _kept_stats(rows, size_rank.astype(np.int64))
     return {
         "n_kept": n_kept,
         "n_sizes": n_sizes,
@@ -425,11 +426,8 @@ def finish(ctx: Context) -> LineWork:
         n = sx0.num_rows
         size_rank = rank.to_numpy().astype(np.int64) if n else np.zeros(0, np.int64)
         sized = sx0.column("k0").is_valid().to_numpy(zero_copy_only=False)  # lines with a sized query row
-        k = np.zeros((len(RANKS), n), np.int32)  # counts (int32 from the scan; whole doubles from the SQL)
-        for i in RANKS:
-            k[i] = _counts(sx0.column(f"k{i}"), np.int32)
-        cols = kept_size_stats(k, size_rank)
-        del k
+        # counts (int32 from the scan; whole doubles from the SQL), read in place
+        cols = kept_size_stats([_counts(sx0.column(f"k{i}"), np.int32) for i in RANKS], size_rank)
         sw, swx, swx2 = (_counts(sx0.column(c)) for c in ("sw", "swx", "swx2"))
         zn = {x: _counts(sx0.column(f"zn_{x}")) for x in _TYPE_KEY.values()}
         zsum = {x: _counts(sx0.column(f"zsum_{x}")) for x in _TYPE_KEY.values()}

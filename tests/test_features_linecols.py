@@ -124,6 +124,12 @@ def test_kept_size_stats_equal_the_case_chains():
     for c in sql.columns:
         np.testing.assert_array_equal(got[c], sql[c].astype(float).to_numpy(), err_msg=c)
     assert np.isnan(got["median_rank"][:50]).all() and (got["mode_rank"][50:60] == 3).all()
+    # one read-only int32 array per rank (the stream table's columns, read in place) gives the same
+    rows = [np.frombuffer(r.astype(np.int32).tobytes(), np.int32) for r in k]
+    assert not rows[0].flags.writeable
+    by_rows = kept_size_stats(rows, size_rank)
+    for c in got:
+        np.testing.assert_array_equal(by_rows[c], got[c], err_msg=c)
 
 
 def test_posterior_equals_its_sql():
