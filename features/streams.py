@@ -229,13 +229,14 @@ def build_streams(
     names = [r.name for r in runnings]
     if method == "scan":
         arrays = {"qi": pa.array(np.arange(n_target, dtype=np.int64))}
+        validity: dict[int, tuple[Any, pa.Buffer, int]] = {}
         for r in runnings:
             values, mask = out[r.name]
             if mask is None:
                 arrays[r.name] = pa.array(values, from_pandas=True)
             else:
                 typ = out.get(f"_type_{r.name}", pa.timestamp("us"))
-                arrays[r.name] = pa.array(values, mask=mask).cast(typ)
+                arrays[r.name] = _with_nulls(values, mask, validity).cast(typ)
         ctx.arrow["sx0"] = pa.table(arrays)
         ctx.con.register("sx0", ctx.arrow["sx0"])
     else:
@@ -247,6 +248,22 @@ def build_streams(
             ctx.sql(f"DROP TABLE IF EXISTS {t}")
         ctx.con.register("sx0", ctx.arrow["sx0"])
     return "sx0"
+
+
+def _with_nulls(
+    values: np.ndarray, mask: np.ndarray, validity: dict[int, tuple[Any, pa.Buffer, int]]
+) -> pa.Array:
+    """`pa.array(values, mask=mask)` without copying `values`, and with one validity bitmap per mask object:
+    the scan gives every whole-number column of a stream the same mask (its lines without a query row),
+    which pa.array would convert to a bitmap again for each of them. `validity` caches by mask (and holds
+    it, so its id is not reused)."""
+    cached = validity.get(id(mask))
+    if cached is None or cached[0] is not mask:
+        cached = validity[id(mask)] = (mask, pa.array(~mask).buffers()[1], int(np.count_nonzero(mask)))
+    _, bitmap, nulls = cached
+    values = np.ascontiguousarray(values)
+    typ = pa.from_numpy_dtype(values.dtype)
+    return pa.Array.from_buffers(typ, len(values), [bitmap if nulls else None, pa.py_buffer(values)], nulls)
 
 
 def line_values(ctx: Context, exprs: Mapping[str, str]) -> pa.Table:

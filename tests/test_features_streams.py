@@ -25,3 +25,26 @@ def test_chunked_parquet_assembly_equals_one_chunk_in_memory(small_generated, tm
         if a.dtype == "category":
             a, b = a.astype(str), b.astype(str)
         assert a.equals(b), c
+
+
+def test_stream_columns_share_a_mask_bitmap_and_equal_pa_array():
+    """The scan's columns of one stream share a null mask: converted once, the arrays are still exactly
+    pa.array(values, mask=mask), whatever the dtype, with or without nulls, and for a new mask object."""
+    import numpy as np
+    import pyarrow as pa
+
+    from features.streams import _with_nulls
+
+    rng = np.random.default_rng(3)
+    mask = rng.random(1000) < 0.3
+    none = np.zeros(1000, bool)
+    cache: dict = {}
+    for values, m in [
+        (rng.integers(0, 9, 1000).astype(np.int32), mask),
+        (rng.integers(0, 9, (2, 1000)).astype(np.int32)[1], mask),  # a row of the scan's 2-D output
+        (rng.integers(0, 9, 1000).astype(np.int64), none),
+        (rng.integers(0, 9, 1000).astype(np.int64), mask.copy()),
+    ]:
+        got = _with_nulls(values, m, cache)
+        assert got.equals(pa.array(values, mask=m)) and got.null_count == int(m.sum())
+    assert len(cache) == 3  # one bitmap per distinct mask object
