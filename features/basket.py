@@ -207,12 +207,33 @@ def finish(ctx: Context) -> LineWork:
 
 
 def _compact(v: np.ndarray) -> pa.Array:
-    """Whole-number counts as int32 (NULL where NaN), other values float64: half the memory in `sx0`."""
-    nan = np.isnan(v)
-    ok = v[~nan]
-    if len(ok) and np.array_equal(ok, np.rint(ok)) and np.abs(ok).max() < 2**31:
-        return pa.array(np.where(nan, 0, v).astype(np.int32), mask=nan if nan.any() else None)
+    """Whole-number counts as int32 (NULL where NaN), other values float64: half the memory in `sx0`.
+
+    One pass (`_whole_int32`) instead of numpy's five full-size temporaries: 0.45 s per 10M-line column
+    with NULLs before."""
+    whole, ints, nan, any_nan = _whole_int32(np.ascontiguousarray(v, np.float64))
+    if whole:
+        return pa.array(ints, mask=nan if any_nan else None)
     return pa.array(v, from_pandas=True)
+
+
+@nb.njit(cache=True, nogil=True)
+def _whole_int32(v):  # fmt: skip
+    """(True, v as int32 with NaN -> 0, the NaN mask, whether any NaN) when v has a non-NaN value and every
+    non-NaN value is a whole number under 2**31 in magnitude; (False, ...) at the first value that is not."""
+    n = len(v)
+    ints = np.empty(n, np.int32)
+    nan = np.empty(n, np.bool_)
+    any_nan = False
+    for i in range(n):
+        x = v[i]
+        if np.isnan(x):
+            ints[i], nan[i], any_nan = 0, True, True
+        elif x != np.rint(x) or not abs(x) < 2**31:
+            return False, ints[:0], nan[:0], False
+        else:
+            ints[i], nan[i] = np.int32(x), False
+    return n > 0 and not (any_nan and nan.all()), ints, nan, any_nan
 
 
 JOINS = [

@@ -281,3 +281,34 @@ def test_finish_work_runs_side_by_side_and_lands_in_family_order():
     assert seen == [session, session]
     assert con.execute("SELECT sum(b_fast) FROM sx0").fetchone()[0] == 15  # registered with DuckDB
     assert {"a_slow_finish_work_s", "b_fast_finish_work_s", "finish_work_s"} <= set(ctx.timings)
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [np.nan, np.nan],
+        [1.0, 2.0],
+        [1.0, np.nan, 3.0],
+        [1.5, np.nan],
+        [2.0**31, 1.0],
+        [-(2.0**31) + 1, 0.0],
+        [np.inf, 1.0],
+        [-0.0, 5.0],
+        [3.0, 2.5],
+    ],
+)
+def test_basket_columns_are_int32_only_when_every_value_is_whole(values):
+    """_compact = its numpy definition: int32 with NULL for NaN when all other values are whole numbers
+    under 2**31, float64 (NaN -> NULL) otherwise."""
+    from features.basket import _compact
+
+    v = np.array(values, np.float64)
+    nan = np.isnan(v)
+    ok = v[~nan]
+    if len(ok) and np.array_equal(ok, np.rint(ok)) and np.abs(ok).max() < 2**31:
+        want = pa.array(np.where(nan, 0, v).astype(np.int32), mask=nan if nan.any() else None)
+    else:
+        want = pa.array(v, from_pandas=True)
+    got = _compact(v)
+    assert got.type == want.type and got.equals(want)
