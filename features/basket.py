@@ -209,8 +209,8 @@ def finish(ctx: Context) -> LineWork:
 def _compact(v: np.ndarray) -> pa.Array:
     """Whole-number counts as int32 (NULL where NaN), other values float64: half the memory in `sx0`.
 
-    One pass (`_whole_int32`) instead of numpy's five full-size temporaries: 0.45 s per 10M-line column
-    with NULLs before."""
+    One pass (`_whole_int32`) instead of numpy's five full-size temporaries (a 10M-line column with NULLs:
+    0.11 -> 0.07 s on warm memory; the basket's array work at 10M lines: 1.5-1.7 -> 1.3-1.4 s)."""
     whole, ints, nan, any_nan = _whole_int32(np.ascontiguousarray(v, np.float64))
     if whole:
         return pa.array(ints, mask=nan if any_nan else None)
@@ -224,16 +224,17 @@ def _whole_int32(v):  # fmt: skip
     n = len(v)
     ints = np.empty(n, np.int32)
     nan = np.empty(n, np.bool_)
-    any_nan = False
+    n_whole = 0
     for i in range(n):
         x = v[i]
         if np.isnan(x):
-            ints[i], nan[i], any_nan = 0, True, True
+            ints[i], nan[i] = 0, True
         elif x != np.rint(x) or not abs(x) < 2**31:
             return False, ints[:0], nan[:0], False
         else:
             ints[i], nan[i] = np.int32(x), False
-    return n > 0 and not (any_nan and nan.all()), ints, nan, any_nan
+            n_whole += 1
+    return n_whole > 0, ints, nan, n_whole < n
 
 
 JOINS = [

@@ -259,11 +259,12 @@ def _with_nulls(
     it, so its id is not reused)."""
     cached = validity.get(id(mask))
     if cached is None or cached[0] is not mask:
-        cached = validity[id(mask)] = (mask, pa.array(~mask).buffers()[1], int(np.count_nonzero(mask)))
+        nulls = int(np.count_nonzero(mask))
+        cached = validity[id(mask)] = (mask, pa.array(~mask).buffers()[1] if nulls else None, nulls)
     _, bitmap, nulls = cached
     values = np.ascontiguousarray(values)
     typ = pa.from_numpy_dtype(values.dtype)
-    return pa.Array.from_buffers(typ, len(values), [bitmap if nulls else None, pa.py_buffer(values)], nulls)
+    return pa.Array.from_buffers(typ, len(values), [bitmap, pa.py_buffer(values)], nulls)
 
 
 def line_values(ctx: Context, exprs: Mapping[str, str]) -> pa.Table:
