@@ -260,9 +260,28 @@ def _time_order(ts: np.ndarray, start: int) -> np.ndarray:
     return _radix_order(ts, start)
 
 
+def _in_time_order(ts: np.ndarray, segments: Sequence[tuple[np.ndarray, int]], n: int) -> None:
+    """Permute one source's events into time order, in place: each (array, offset) segment of n rows.
+
+    `ts` (the source's times) decides the order (`_time_order`: stable); it is one of the segments or
+    a copy. The scan's kernel then reads every event array sequentially: with an index instead, each of
+    its threads paid a random read per event and operation (returns and resolutions are stored in line
+    order, not time order). One scratch buffer per dtype, reused segment by segment.
+    """
+    if n < 2 or not (ts[1:] < ts[:-1]).any():
+        return
+    order = _time_order(ts, 0)
+    scratch: dict[np.dtype, np.ndarray] = {}
+    for arr, at in segments:
+        seg = arr[at : at + n]
+        buf = scratch.setdefault(arr.dtype, np.empty(n, arr.dtype))
+        np.take(seg, order, out=buf)
+        seg[:] = buf
+
+
 @nb.njit(cache=True, nogil=True)
 def _scan_kernel(
-    q_ts, q_codes, e_ts, e_perm, src_start, k_off, v_off, w_off, i_off,
+    q_ts, q_codes, e_ts, src_start, k_off, v_off, w_off, i_off,
     sum_ops, sum_const, sum_op_start, oth_ops, oth_op_start,
     kflat, vflat, wflat, iflat, ivalid,
     state, o_val, o_set,
@@ -270,9 +289,9 @@ def _scan_kernel(
 ):  # fmt: skip
     """Before each query (in time order), apply every event dated strictly earlier; then read its state.
 
-    e_perm holds each source's global event rows in time order (source s: src_start[s]..src_start[s+1]),
-    e_ts their times in that order;
-    each source has its own pointer, so events of different sources between two queries are applied
+    Source s's events are rows src_start[s]..src_start[s+1] of e_ts and (per key / value slot) of the
+    flat arrays, already in time order (`_in_time_order`): the kernel reads every array sequentially.
+    Each source has its own pointer, so events of different sources between two queries are applied
     source by source (sums are order-free up to rounding, max / min exactly). sum_ops rows: (key slot,
     state base, stride, column, value slot or -1 for sum_const, one-hot slot: the column is wflat's,
     when column is -1); oth_ops rows: (key slot, base, stride,
@@ -292,8 +311,7 @@ def _scan_kernel(
             end = src_start[s + 1]
             n = end - src_start[s]
             while j < end and e_ts[j] < t:
-                i = e_perm[j]
-                r = i - src_start[s]
+                r = j - src_start[s]
                 for o in range(sum_op_start[s], sum_op_start[s + 1]):
                     code = kflat[k_off[s] + sum_ops[o, 0] * n + r]
                     m = sum_ops[o, 6]
@@ -348,7 +366,7 @@ def warm_up() -> None:
     i64, z = np.zeros(1, np.int64), np.zeros(0, np.int64)
     _radix_order(np.array([1, 0], np.int64), 0)
     _scan_kernel(
-        i64, np.zeros((0, 1), np.int32), z, z, i64, z, z, z, z,
+        i64, np.zeros((0, 1), np.int32), z, i64, z, z, z, z,
         np.zeros((0, 8), np.int64), np.zeros(0), i64, np.zeros((0, 8), np.int64), i64,
         np.zeros(0, np.int32), np.zeros(0), np.zeros(0, np.int16), z, np.zeros(0, np.uint8),
         np.zeros(0), z, np.zeros(0, np.uint8),
@@ -586,6 +604,7 @@ def scan_streams(
     i_off = np.zeros(n_src, np.int64)
     vparts, wparts, iparts, vparts_valid = [], [], [], []
     vat = wat = iat = 0
+    n_v, n_w, n_i = (np.zeros(n_src, np.int64) for _ in range(3))  # value / one-hot / int slots per source
     for j, src in enumerate(sources):
         t = fetched[j]
         n = t.num_rows
@@ -656,6 +675,7 @@ def scan_streams(
             vparts_valid.append(arr.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8))
             oth_ops.append((slot, oth_base[s], n_oth[s], col.col, jj, 1 if col.agg == "last" else 2))
             iat += len(vals)
+        n_v[j], n_w[j], n_i[j] = slot_v, slot_w, len(src.others)
         sum_op_start.append(len(sum_ops))
         oth_op_start.append(len(oth_ops))
     e_ts = np.concatenate([_micros(t.column("ts__")) for t in fetched]) if fetched else np.zeros(0, np.int64)
@@ -666,21 +686,23 @@ def scan_streams(
     ivalid = np.concatenate(vparts_valid) if vparts_valid else np.zeros(0, np.uint8)
     del vparts, wparts, iparts, vparts_valid
     lap("values")
-    # each source's time order, and its times in that order (the kernel's reads are then sequential);
-    # sources sorted side by side, largest first (radix sort and take release the GIL)
-    e_perm = np.empty(len(e_ts), np.int64)
-    e_sorted = np.empty_like(e_ts)
 
+    # each source's events put in time order, their times and every key / value slot (the kernel's reads
+    # are then sequential); sources sorted side by side, largest first (radix sort and take release the GIL)
     def order_source(j: int) -> None:
-        a, b = int(src_start[j]), int(src_start[j + 1])
-        e_perm[a:b] = _time_order(e_ts[a:b], a)
-        np.take(e_ts, e_perm[a:b], out=e_sorted[a:b])
+        n = int(n_rows[j])
+        a = int(src_start[j])
+        segments = [(e_ts, a)]
+        segments += [(kflat, int(k_off[j]) + k * n) for k in range(int(n_slots[j]))]
+        segments += [(vflat, int(v_off[j]) + k * n) for k in range(int(n_v[j]))]
+        segments += [(wflat, int(w_off[j]) + k * n) for k in range(int(n_w[j]))]
+        segments += [(arr, int(i_off[j]) + k * n) for arr in (iflat, ivalid) for k in range(int(n_i[j]))]
+        _in_time_order(e_ts[a : a + n], segments, n)
 
     by_size = sorted(range(n_src), key=lambda j: (-int(n_rows[j]), j))
     threads = max(1, min(n_src, int(getattr(ctx.params, "threads", 1))))
     with ThreadPoolExecutor(threads, thread_name_prefix="scan-sort") as pool:
         list(pool.map(order_source, by_size))
-    e_ts = e_sorted
     lap("sort")
 
     _release_freed_heap()  # the fetched tables' freed memory, before the outputs: the featurize peak
@@ -744,7 +766,7 @@ def scan_streams(
         reads = [(*r, *sel(r[0])) for r in read_sum if r[0] in part]
         oreads = [(*r, *sel(r[0])) for r in read_oth if r[0] in part]
         _scan_kernel(
-            q_ts, q_codes, e_ts, e_perm, src_start, k_off, v_off, w_off, i_off,
+            q_ts, q_codes, e_ts, src_start, k_off, v_off, w_off, i_off,
             arr2(ops, 8), np.array(const, np.float64), np.array(op_start, np.int64),
             arr2(oops, 8), np.array(oop_start, np.int64),
             kflat, vflat, wflat, iflat, ivalid, state, o_val, o_set,

@@ -249,3 +249,30 @@ def test_time_order_is_numpys_stable_argsort(kind):
     expected = np.argsort(ts, kind="stable") + 11
     np.testing.assert_array_equal(_time_order(ts, 11), expected)
     np.testing.assert_array_equal(_radix_order(ts, 11), expected)
+
+
+@pytest.mark.parametrize("kind", ["shuffled", "sorted"])
+def test_events_are_permuted_in_place_into_time_order(kind):
+    """Every slot of one source (times, int32 keys, float values, int16 one-hot columns, uint8 validity)
+    is put in the times' stable order, in place; rows outside the source's segments stay untouched."""
+    from features.scan import _in_time_order
+
+    rng = np.random.default_rng(5)
+    n = 3_000
+    ts = rng.integers(0, 200, n).astype(np.int64)  # ties: stability matters
+    if kind == "sorted":
+        ts.sort()
+    e_ts = np.concatenate([[-1], ts, [-2]])
+    keys = rng.integers(0, 10**6, 2 * n + 4).astype(np.int32)
+    vals = rng.normal(size=n + 1)
+    which = rng.integers(-1, 30, n).astype(np.int16)
+    valid = rng.integers(0, 2, n).astype(np.uint8)
+    before = [a.copy() for a in (e_ts, keys, vals, which, valid)]
+    segments = [(e_ts, 1), (keys, 3), (keys, 3 + n), (vals, 1), (which, 0), (valid, 0)]
+    _in_time_order(e_ts[1 : 1 + n], segments, n)
+    order = np.argsort(ts, kind="stable")
+    originals = [before[0], before[1], before[1], before[2], before[3], before[4]]
+    for (arr, at), orig in zip(segments, originals, strict=True):
+        np.testing.assert_array_equal(arr[at : at + n], orig[at : at + n][order])
+    assert e_ts[0] == -1 and e_ts[-1] == -2 and (keys[:3] == before[1][:3]).all() and vals[0] == before[2][0]
+    np.testing.assert_array_equal(keys[3 + 2 * n :], before[1][3 + 2 * n :])
