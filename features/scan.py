@@ -24,6 +24,7 @@ of the window's; tests/test_features_parity.py at 1e-9).
 from __future__ import annotations
 
 import ctypes
+import mmap
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -432,15 +433,35 @@ def _release_freed_heap() -> None:
     trim(0)
 
 
-def _written(shape: int | tuple[int, ...], dtype: Any) -> np.ndarray:
-    """Zeros written here, on the calling thread (np.full), not lazily mapped zero pages (np.zeros).
+#: `_written(..., small_pages=True)` maps arrays from this size on with 4 KiB pages
+SMALL_PAGES_MIN_BYTES = 1 << 24
+
+
+def _written(
+    shape: int | tuple[int, ...], dtype: Any, fill: Any = 0, *, small_pages: bool = False
+) -> np.ndarray:
+    """`fill` written here, on the calling thread (np.full), not lazily mapped zero pages (np.zeros).
 
     For the kernel's state and outputs, whose pages the kernel's threads would otherwise fault in while
     they run side by side. Measured at 10M lines (three alternated pairs, BENCHMARKS.md seventh pass):
     system time 17.5 -> 16.1 s, child wall 40.0 -> 38.8 s. On this VM fresh pages come from the host,
     and faulting them in from two threads at once appears to cost more than one sequential fill.
+
+    `small_pages`: for arrays written and read in order (the kernel's outputs), an anonymous mapping with
+    4 KiB pages (MADV_NOHUGEPAGE) instead of the 2 MiB transparent huge pages numpy asks for. On this VM a
+    huge page faulted in cold costs 2.1 s/GiB against 0.5-1.1 s/GiB for 4 KiB pages (6 GiB touched in a
+    fresh process, BENCHMARKS.md eighth pass); the outputs' fill at 10M lines: 2.0-2.7 s -> 0.7-0.8 s.
+    Random-access arrays (the state) keep huge pages: fewer TLB misses.
     """
-    return np.full(shape, 0, dtype)
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    if small_pages and count * dtype.itemsize >= SMALL_PAGES_MIN_BYTES and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        buf = mmap.mmap(-1, count * dtype.itemsize)  # the array holds the mapping; unmapped with it
+        buf.madvise(mmap.MADV_NOHUGEPAGE)
+        out = np.frombuffer(buf, dtype, count).reshape(shape)
+        out.fill(fill)
+        return out
+    return np.full(shape, fill, dtype)
 
 
 def _float_values(col: pa.ChunkedArray) -> np.ndarray:
@@ -720,10 +741,11 @@ def scan_streams(
         else:
             col.out_row, no = no, no + 1
             read_oth.append((s, oth_base[s], n_oth[s], col.col, col.out_row))
-    out_f = np.full((nf, size), np.nan)
-    out_i = _written((ni, size), np.int32)
-    out_o = _written((no, size), np.int64)
-    out_ov = _written((no, size), np.uint8)
+    out_f = _written((nf, size), np.float64, np.nan, small_pages=True)
+    out_i = _written((ni, size), np.int32, small_pages=True)
+    out_o = _written((no, size), np.int64, small_pages=True)
+    out_ov = _written((no, size), np.uint8, small_pages=True)
+    lap("outputs")
 
     # ---- kernel: streams split over threads by their work (random state accesses: events and queries)
     work = np.zeros(len(names))

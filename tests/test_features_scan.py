@@ -276,3 +276,42 @@ def test_events_are_permuted_in_place_into_time_order(kind):
         np.testing.assert_array_equal(arr[at : at + n], orig[at : at + n][order])
     assert e_ts[0] == -1 and e_ts[-1] == -2 and (keys[:3] == before[1][:3]).all() and vals[0] == before[2][0]
     np.testing.assert_array_equal(keys[3 + 2 * n :], before[1][3 + 2 * n :])
+
+
+@pytest.mark.parametrize("small_pages", [False, True])
+def test_written_arrays_hold_the_fill_and_small_pages_map_without_huge_pages(monkeypatch, small_pages):
+    """`_written` gives np.full's array either way; with small_pages (above the size threshold) the memory
+    is its own mapping advised MADV_NOHUGEPAGE (`nh` in /proc/self/smaps, on Linux), writable, and
+    usable as an Arrow buffer."""
+    import mmap
+    import re
+    import sys
+
+    import pyarrow as pa
+
+    import features.scan as scan
+
+    monkeypatch.setattr(scan, "SMALL_PAGES_MIN_BYTES", 4096)
+    out = scan._written((3, 50_000), np.float64, np.nan, small_pages=small_pages)
+    np.testing.assert_array_equal(out, np.full((3, 50_000), np.nan))
+    assert out.dtype == np.float64 and out.shape == (3, 50_000) and out.flags.c_contiguous
+    out[1, 7] = 2.5
+    assert pa.array(out[1]).to_numpy()[7] == 2.5
+    small = scan._written(10, np.int32, small_pages=small_pages)  # under the threshold: plain numpy
+    assert isinstance(small.base, type(None)) and (small == 0).all()
+    if not small_pages:
+        assert out.base is None
+        return
+    if not (sys.platform.startswith("linux") and hasattr(mmap, "MADV_NOHUGEPAGE")):
+        pytest.skip("MADV_NOHUGEPAGE is Linux only")
+    start = out.ctypes.data
+    flags = None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
+            if m:
+                inside = int(m[1], 16) <= start < int(m[2], 16)
+            elif inside and line.startswith("VmFlags:"):
+                flags = line.split()[1:]
+                break
+    assert flags is not None and "nh" in flags
