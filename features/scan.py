@@ -550,7 +550,7 @@ def scan_streams(
         for s in group:
             q_rows[s] = qi
             q_keys[s] = [q.column(k) for k in specs[names[s]].keys]
-        del q
+        del q, qi, ts
     if size and not have_ts.all():
         q_ts = np.maximum.accumulate(np.where(have_ts, q_ts, I64_MIN))  # rows read by no stream
     if size > 1 and (q_ts[1:] < q_ts[:-1]).any():
@@ -581,6 +581,7 @@ def scan_streams(
     src_start = np.zeros(n_src + 1, np.int64)
     np.cumsum(n_rows, out=src_start[1:])
     n_codes: list[int] = []
+    n_queries = np.zeros(len(names), np.int64)
     q_codes = np.full((len(names), size), -1, np.int32)
     k_off = np.zeros(n_src, np.int64)
     n_slots = np.array([len(src.streams) for src in sources], np.int64)
@@ -598,6 +599,7 @@ def scan_streams(
         codes, n = key_codes(parts, out_views)
         n_codes.append(n)
         q_codes[s, q_rows[s]] = codes[0]
+        n_queries[s] = len(q_rows.pop(s))  # the line numbers are in q_codes now
         del codes, out_views
     for j, t in enumerate(fetched):  # the keys are codes now: free their buffers
         fetched[j] = t.drop_columns([c for c in t.column_names if c.startswith("k")])
@@ -699,6 +701,7 @@ def scan_streams(
         n_v[j], n_w[j], n_i[j] = slot_v, slot_w, len(src.others)
         sum_op_start.append(len(sum_ops))
         oth_op_start.append(len(oth_ops))
+    t = arr = vals = None  # the last source's table and value: freed with the others
     e_ts = np.concatenate([_micros(t.column("ts__")) for t in fetched]) if fetched else np.zeros(0, np.int64)
     del fetched
     vflat = np.concatenate(vparts) if vparts else np.zeros(0)
@@ -759,7 +762,7 @@ def scan_streams(
         }:
             work[s] += n_rows[j]
     for s in range(len(names)):
-        work[s] += len(q_rows[s])
+        work[s] += n_queries[s]
 
     def arr2(rows: list, width: int) -> np.ndarray:
         return np.array(rows, np.int64).reshape(len(rows), width)
