@@ -275,7 +275,9 @@ def _in_time_order(ts: np.ndarray, segments: Sequence[tuple[np.ndarray, int]], n
     scratch: dict[np.dtype, np.ndarray] = {}
     for arr, at in segments:
         seg = arr[at : at + n]
-        buf = scratch.setdefault(arr.dtype, np.empty(n, arr.dtype))
+        buf = scratch.get(arr.dtype)
+        if buf is None:
+            buf = scratch[arr.dtype] = np.empty(n, arr.dtype)
         np.take(seg, order, out=buf)
         seg[:] = buf
 
