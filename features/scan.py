@@ -453,7 +453,7 @@ def _written(
     4 KiB pages (MADV_NOHUGEPAGE) instead of the 2 MiB transparent huge pages numpy asks for. On this VM a
     huge page faulted in cold costs 2.1 s/GiB against 0.5-1.1 s/GiB for 4 KiB pages (6 GiB touched in a
     fresh process, BENCHMARKS.md eighth pass); the outputs' fill at 10M lines: 2.0-2.7 s -> 0.7-0.8 s.
-    Random-access arrays (the state) keep huge pages: fewer TLB misses.
+    Random-access arrays (the state) keep numpy's huge pages (not measured with small pages).
     """
     dtype = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
