@@ -90,13 +90,28 @@ def _literal(expr: str) -> float | None:
     return -value if m.group(1) == "-" else value
 
 
-def _micros(col: pa.ChunkedArray | pa.Array, null: int = I64_MIN) -> np.ndarray:
-    """A TIMESTAMP column as int64 microseconds since the epoch (NULL -> `null`)."""
-    return _filled(col.cast(pa.timestamp("us")).cast(pa.int64()), null).astype(np.int64, copy=False)
+def _micros(
+    col: pa.ChunkedArray | pa.Array, null: int = I64_MIN, out: np.ndarray | None = None
+) -> np.ndarray:
+    """A TIMESTAMP column as int64 microseconds since the epoch (NULL -> `null`), in `out` if given."""
+    col = col.cast(pa.timestamp("us")).cast(pa.int64())
+    return _filled(col, null, out) if out is not None else _filled(col, null).astype(np.int64, copy=False)
 
 
-def _filled(col: pa.ChunkedArray | pa.Array, value: Any) -> np.ndarray:
-    """A column as numpy with NULL -> `value` (no fill pass, and no copy of a single chunk, without NULLs)."""
+def _filled(col: pa.ChunkedArray | pa.Array, value: Any, out: np.ndarray | None = None) -> np.ndarray:
+    """A column as numpy with NULL -> `value` (no fill pass, and no copy of a single chunk, without NULLs).
+
+    With `out` the column is copied into it chunk by chunk: no intermediate array of the whole column (new
+    memory is the dearest thing the scan touches: BENCHMARKS.md, "Eighth pass").
+    """
+    if out is not None:
+        at = 0
+        for chunk in col.chunks if isinstance(col, pa.ChunkedArray) else [col]:
+            out[at : at + len(chunk)] = _filled(chunk, value)
+            at += len(chunk)
+        if at != len(out):
+            raise ValueError(f"_filled: {at} values for an output of {len(out)}")
+        return out
     if col.null_count:
         col = pc.fill_null(col, value)
     return col.to_numpy(zero_copy_only=False)
@@ -577,12 +592,12 @@ def scan_streams(
         fetched.append(t)
 
     lap("fetch")
+    threads = max(1, int(getattr(ctx.params, "threads", 1)))
     # ---- key codes per stream over its queries and every source feeding it
     n_src = len(sources)
     n_rows = np.array([t.num_rows for t in fetched], np.int64)
     src_start = np.zeros(n_src + 1, np.int64)
     np.cumsum(n_rows, out=src_start[1:])
-    n_codes: list[int] = []
     n_queries = np.zeros(len(names), np.int64)
     q_codes = np.full((len(names), size), -1, np.int32)
     k_off = np.zeros(n_src, np.int64)
@@ -590,7 +605,11 @@ def scan_streams(
     np.cumsum((n_rows * n_slots)[:-1], out=k_off[1:])
     # source j's codes for its key slot k: kflat[k_off[j] + k * n_j : k_off[j] + (k + 1) * n_j]
     kflat = np.empty(int((n_rows * n_slots).sum()), np.int32)
-    for s, name in enumerate(names):
+    n_codes = [0] * len(names)
+
+    def code_stream(s: int, fetched: list[pa.Table] = fetched) -> None:
+        """Stream s's codes: its row of q_codes, its slices of kflat (disjoint from every other stream's)."""
+        name = names[s]
         feeding = [(j, src.streams.index(s)) for j, src in enumerate(sources) if s in src.streams]
         parts = [q_keys.pop(s)]
         out_views = [np.empty(len(q_rows[s]), np.int32)]
@@ -598,30 +617,26 @@ def scan_streams(
             parts.append([fetched[j].column(f"k{slot}_{i}") for i in range(len(specs[name].keys))])
             at = int(k_off[j] + slot * n_rows[j])
             out_views.append(kflat[at : at + int(n_rows[j])])
-        codes, n = key_codes(parts, out_views)
-        n_codes.append(n)
+        codes, n_codes[s] = key_codes(parts, out_views)
         q_codes[s, q_rows[s]] = codes[0]
         n_queries[s] = len(q_rows.pop(s))  # the line numbers are in q_codes now
-        del codes, out_views
-    for j, t in enumerate(fetched):  # the keys are codes now: free their buffers
-        fetched[j] = t.drop_columns([c for c in t.column_names if c.startswith("k")])
-    del t
 
-    lap("codes")
-    # ---- state layout: per stream, sum columns then last/first columns, row-major per key
+    # streams coded side by side, the most rows first, while this thread reads the values below (numpy
+    # and Arrow release the GIL; the values read other columns of the fetched tables)
+    stream_rows = [
+        len(q_rows[s]) + sum(int(n_rows[j]) for j, src in enumerate(sources) if s in src.streams)
+        for s in range(len(names))
+    ]
+    coding = ThreadPoolExecutor(threads, thread_name_prefix="scan-codes")
+    coded = [
+        coding.submit(code_stream, s) for s in sorted(range(len(names)), key=lambda s: (-stream_rows[s], s))
+    ]
+    coding.shutdown(wait=False)
+    del code_stream  # and its reference to the fetched tables (the pool's tasks hold their own)
+
+    # ---- values and operations per source (an operation names its stream; its state offset follows the codes)
     n_sum = [sum(1 for c in columns.values() if c.stream == s and c.agg == "sum") for s in range(len(names))]
     n_oth = [sum(1 for c in columns.values() if c.stream == s and c.agg != "sum") for s in range(len(names))]
-    sum_base = np.zeros(len(names), np.int64)
-    oth_base = np.zeros(len(names), np.int64)
-    for s in range(1, len(names)):
-        sum_base[s] = sum_base[s - 1] + n_codes[s - 1] * n_sum[s - 1]
-        oth_base[s] = oth_base[s - 1] + n_codes[s - 1] * n_oth[s - 1]
-    state = _written(int(sum_base[-1] + n_codes[-1] * n_sum[-1]), np.float64)
-    n_ostate = int(oth_base[-1] + n_codes[-1] * n_oth[-1])
-    o_val = _written(n_ostate, np.int64)
-    o_set = _written(n_ostate, np.uint8)
-
-    # ---- values and operations per source
     sum_ops, sum_const, sum_op_start = [], [], [0]
     oth_ops, oth_op_start = [], [0]
     v_off = np.zeros(n_src, np.int64)
@@ -646,7 +661,7 @@ def scan_streams(
             if col.integral and lit != round(lit):
                 col.integral = False
             col.abs_total += abs(lit) * n
-            sum_ops.append((slot, sum_base[s], n_sum[s], col.col, -1, -1))
+            sum_ops.append((slot, s, n_sum[s], col.col, -1, -1))
             sum_const.append(lit)
         for slot, group in by_slot.items():
             s = src.streams[slot]
@@ -670,12 +685,12 @@ def scan_streams(
                         merged += 1
                         continue
                 if n and arr[0] == arr.min() == arr.max():  # the same value on every event
-                    sum_ops.append((slot, sum_base[s], n_sum[s], col.col, -1, -1))
+                    sum_ops.append((slot, s, n_sum[s], col.col, -1, -1))
                     sum_const.append(float(arr[0]))
                     continue
                 vparts.append(arr)
                 vat += n
-                sum_ops.append((slot, sum_base[s], n_sum[s], col.col, slot_v, -1))
+                sum_ops.append((slot, s, n_sum[s], col.col, slot_v, -1))
                 sum_const.append(0.0)
                 slot_v += 1
             if merged:
@@ -683,7 +698,7 @@ def scan_streams(
                 wparts.append(which)
                 vat += n
                 wat += n
-                sum_ops.append((slot, sum_base[s], n_sum[s], -1, slot_v, slot_w))
+                sum_ops.append((slot, s, n_sum[s], -1, slot_v, slot_w))
                 sum_const.append(0.0)
                 slot_v += 1
                 slot_w += 1
@@ -698,13 +713,37 @@ def scan_streams(
             vals = _filled(arr.cast(pa.int64()), 0).astype(np.int64, copy=False)
             iparts.append(vals)
             vparts_valid.append(arr.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8))
-            oth_ops.append((slot, oth_base[s], n_oth[s], col.col, jj, 1 if col.agg == "last" else 2))
+            oth_ops.append((slot, s, n_oth[s], col.col, jj, 1 if col.agg == "last" else 2))
             iat += len(vals)
         n_v[j], n_w[j], n_i[j] = slot_v, slot_w, len(src.others)
         sum_op_start.append(len(sum_ops))
         oth_op_start.append(len(oth_ops))
     t = arr = vals = None  # the last source's table and value: freed with the others
-    e_ts = np.concatenate([_micros(t.column("ts__")) for t in fetched]) if fetched else np.zeros(0, np.int64)
+    lap("values")
+    for f in coded:  # the codes are in q_codes and kflat now: free the fetched key columns
+        f.result()
+    del coded
+    for j, t in enumerate(fetched):
+        fetched[j] = t.drop_columns([c for c in t.column_names if c.startswith("k")])
+    t = None
+    lap("codes")
+
+    # ---- state layout: per stream, sum columns then last/first columns, row-major per key
+    sum_base = np.zeros(len(names), np.int64)
+    oth_base = np.zeros(len(names), np.int64)
+    for s in range(1, len(names)):
+        sum_base[s] = sum_base[s - 1] + n_codes[s - 1] * n_sum[s - 1]
+        oth_base[s] = oth_base[s - 1] + n_codes[s - 1] * n_oth[s - 1]
+    sum_ops = [(op[0], sum_base[op[1]], *op[2:]) for op in sum_ops]
+    oth_ops = [(op[0], oth_base[op[1]], *op[2:]) for op in oth_ops]
+    state = _written(int(sum_base[-1] + n_codes[-1] * n_sum[-1]), np.float64)
+    n_ostate = int(oth_base[-1] + n_codes[-1] * n_oth[-1])
+    o_val = _written(n_ostate, np.int64)
+    o_set = _written(n_ostate, np.uint8)
+    e_ts = np.empty(int(src_start[-1]), np.int64)
+    for j, t in enumerate(fetched):
+        _micros(t.column("ts__"), out=e_ts[src_start[j] : src_start[j + 1]])
+    t = None
     del fetched
     vflat = np.concatenate(vparts) if vparts else np.zeros(0)
     wflat = np.concatenate(wparts) if wparts else np.zeros(0, np.int16)
@@ -726,7 +765,6 @@ def scan_streams(
         _in_time_order(e_ts[a : a + n], segments, n)
 
     by_size = sorted(range(n_src), key=lambda j: (-int(n_rows[j]), j))
-    threads = max(1, min(n_src, int(getattr(ctx.params, "threads", 1))))
     with ThreadPoolExecutor(threads, thread_name_prefix="scan-sort") as pool:
         list(pool.map(order_source, by_size))
     lap("sort")
