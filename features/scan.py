@@ -455,9 +455,9 @@ SMALL_PAGES_MIN_BYTES = 1 << 24
 
 
 def _written(
-    shape: int | tuple[int, ...], dtype: Any, fill: Any = 0, *, small_pages: bool = False
+    shape: int | tuple[int, ...], dtype: Any, fill: Any = 0, *, small_pages: bool = False, threads: int = 1
 ) -> np.ndarray:
-    """`fill` written here, on the calling thread (np.full), not lazily mapped zero pages (np.zeros).
+    """`fill` written here (by `threads` threads, each its share), not lazily mapped zero pages (np.zeros).
 
     For the kernel's state and outputs, whose pages the kernel's threads would otherwise fault in while
     they run side by side. Measured at 10M lines (three alternated pairs, BENCHMARKS.md seventh pass):
@@ -469,6 +469,9 @@ def _written(
     huge page faulted in cold costs 2.1 s/GiB against 0.5-1.1 s/GiB for 4 KiB pages (6 GiB touched in a
     fresh process, BENCHMARKS.md eighth pass); the outputs' fill at 10M lines: 2.0-2.7 s -> 0.7-0.8 s.
     Random-access arrays (the state) keep numpy's huge pages (not measured with small pages).
+
+    `threads`: a fill split between threads (ndarray.fill releases the GIL) faults the pages in from
+    every core: 1.5 GiB of 4 KiB pages in a fresh process, 0.83-0.86 s with one thread, 0.43-0.45 s with two.
     """
     dtype = np.dtype(dtype)
     count = int(np.prod(shape, dtype=np.int64))
@@ -476,9 +479,15 @@ def _written(
         buf = mmap.mmap(-1, count * dtype.itemsize)  # the array holds the mapping; unmapped with it
         buf.madvise(mmap.MADV_NOHUGEPAGE)
         out = np.frombuffer(buf, dtype, count).reshape(shape)
-        out.fill(fill)
-        return out
-    return np.full(shape, fill, dtype)
+    else:
+        out = np.empty(shape, dtype)
+    flat = out.reshape(-1)
+    if threads < 2 or flat.nbytes < SMALL_PAGES_MIN_BYTES:
+        flat.fill(fill)
+    else:
+        with ThreadPoolExecutor(threads, thread_name_prefix="scan-fill") as pool:
+            list(pool.map(lambda part: part.fill(fill), np.array_split(flat, threads)))
+    return out
 
 
 def _float_values(col: pa.ChunkedArray) -> np.ndarray:
@@ -736,10 +745,10 @@ def scan_streams(
         oth_base[s] = oth_base[s - 1] + n_codes[s - 1] * n_oth[s - 1]
     sum_ops = [(op[0], sum_base[op[1]], *op[2:]) for op in sum_ops]
     oth_ops = [(op[0], oth_base[op[1]], *op[2:]) for op in oth_ops]
-    state = _written(int(sum_base[-1] + n_codes[-1] * n_sum[-1]), np.float64)
+    state = _written(int(sum_base[-1] + n_codes[-1] * n_sum[-1]), np.float64, threads=threads)
     n_ostate = int(oth_base[-1] + n_codes[-1] * n_oth[-1])
-    o_val = _written(n_ostate, np.int64)
-    o_set = _written(n_ostate, np.uint8)
+    o_val = _written(n_ostate, np.int64, threads=threads)
+    o_set = _written(n_ostate, np.uint8, threads=threads)
     e_ts = np.empty(int(src_start[-1]), np.int64)
     for j, t in enumerate(fetched):
         _micros(t.column("ts__"), out=e_ts[src_start[j] : src_start[j + 1]])
@@ -784,10 +793,10 @@ def scan_streams(
         else:
             col.out_row, no = no, no + 1
             read_oth.append((s, oth_base[s], n_oth[s], col.col, col.out_row))
-    out_f = _written((nf, size), np.float64, np.nan, small_pages=True)
-    out_i = _written((ni, size), np.int32, small_pages=True)
-    out_o = _written((no, size), np.int64, small_pages=True)
-    out_ov = _written((no, size), np.uint8, small_pages=True)
+    out_f = _written((nf, size), np.float64, np.nan, small_pages=True, threads=threads)
+    out_i = _written((ni, size), np.int32, small_pages=True, threads=threads)
+    out_o = _written((no, size), np.int64, small_pages=True, threads=threads)
+    out_ov = _written((no, size), np.uint8, small_pages=True, threads=threads)
     lap("outputs")
 
     # ---- kernel: streams split over threads by their work (random state accesses: events and queries)

@@ -278,11 +278,14 @@ def test_events_are_permuted_in_place_into_time_order(kind):
     np.testing.assert_array_equal(keys[3 + 2 * n :], before[1][3 + 2 * n :])
 
 
+@pytest.mark.parametrize("threads", [1, 3])
 @pytest.mark.parametrize("small_pages", [False, True])
-def test_written_arrays_hold_the_fill_and_small_pages_map_without_huge_pages(monkeypatch, small_pages):
-    """`_written` gives np.full's array either way; with small_pages (above the size threshold) the memory
-    is its own mapping advised MADV_NOHUGEPAGE (`nh` in /proc/self/smaps, on Linux), writable, and
-    usable as an Arrow buffer."""
+def test_written_arrays_hold_the_fill_and_small_pages_map_without_huge_pages(
+    monkeypatch, small_pages, threads
+):
+    """`_written` gives np.full's array either way, filled by one thread or split between several; with
+    small_pages (above the size threshold) the memory is its own mapping advised MADV_NOHUGEPAGE (`nh` in
+    /proc/self/smaps, on Linux), writable, and usable as an Arrow buffer."""
     import mmap
     import re
     import sys
@@ -292,7 +295,10 @@ def test_written_arrays_hold_the_fill_and_small_pages_map_without_huge_pages(mon
     import features.scan as scan
 
     monkeypatch.setattr(scan, "SMALL_PAGES_MIN_BYTES", 4096)
-    out = scan._written((3, 50_000), np.float64, np.nan, small_pages=small_pages)
+    out = scan._written((3, 50_001), np.float64, np.nan, small_pages=small_pages, threads=threads)
+    np.testing.assert_array_equal(out, np.full((3, 50_001), np.nan))
+    assert scan._written(100_003, np.uint8, 7, threads=threads).tolist() == [7] * 100_003
+    out = scan._written((3, 50_000), np.float64, np.nan, small_pages=small_pages, threads=threads)
     np.testing.assert_array_equal(out, np.full((3, 50_000), np.nan))
     assert out.dtype == np.float64 and out.shape == (3, 50_000) and out.flags.c_contiguous
     out[1, 7] = 2.5
