@@ -192,6 +192,8 @@ def key_codes(
         codes, n_codes = _column_codes([p[0] for p in parts])
     for k in range(1, n_keys):
         more, n = _column_codes([p[k] for p in parts])
+        if k == n_keys - 1 and n_codes * n <= _dense_limit(codes):  # last key: pairs numbered in one pass
+            return _dense_pairs(codes, more, n, out)
         for c, m in zip(codes, more, strict=True):
             c *= n
             c += m
@@ -209,9 +211,47 @@ def key_codes(
     return list(out), max(1, n_codes)
 
 
+def _dense_limit(codes: Sequence[np.ndarray]) -> int:
+    """The largest code space renumbered through a table of the codes in use (else: np.unique)."""
+    return max(1 << 27, 4 * sum(len(c) for c in codes))
+
+
+def _dense_pairs(
+    codes: Sequence[np.ndarray], more: Sequence[np.ndarray], n: int, out: Sequence[np.ndarray] | None
+) -> tuple[list[np.ndarray], int]:
+    """`_densify` of the pair codes `codes * n + more` (what `key_codes` gives for its last key), as int32
+    in `out` (or new arrays), without the pair codes' int64 arrays: two nogil passes over the rows.
+
+    For the (customer, category) stream at 10M lines the combine, renumbering and int32 copy were
+    about 1.1 of the 1.6 CPU-s it took to code, the longest task of the scan's codes step."""
+    n_pairs = int(max((int(c.max()) + 1 for c in codes if len(c)), default=0)) * n
+    used = np.zeros(max(1, n_pairs), np.uint8)
+    for c, m in zip(codes, more, strict=True):
+        _mark_pairs(c, m, n, used)
+    remap = np.cumsum(used, dtype=np.int64)
+    remap -= 1
+    remap = remap.astype(np.int32)
+    result = list(out) if out is not None else [np.empty(len(c), np.int32) for c in codes]
+    for c, m, o in zip(codes, more, result, strict=True):
+        _remap_pairs(c, m, n, remap, o)
+    return result, max(1, int(remap[-1]) + 1)
+
+
+@nb.njit(cache=True, nogil=True)
+def _mark_pairs(a, b, n, used):  # fmt: skip
+    for i in range(len(a)):
+        used[a[i] * n + b[i]] = 1
+
+
+@nb.njit(cache=True, nogil=True)
+def _remap_pairs(a, b, n, remap, out):  # fmt: skip
+    for i in range(len(a)):
+        out[i] = remap[a[i] * n + b[i]]
+
+
 def _densify(codes: list[np.ndarray], n_codes: int) -> tuple[list[np.ndarray], int]:
     """Renumber the codes in use as 0..k-1."""
-    if n_codes <= max(1 << 27, 4 * sum(len(c) for c in codes)):
+    if n_codes <= _dense_limit(codes):
         used = np.zeros(n_codes, bool)
         for c in codes:
             used[c] = True

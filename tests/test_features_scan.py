@@ -321,3 +321,31 @@ def test_written_arrays_hold_the_fill_and_small_pages_map_without_huge_pages(
                 flags = line.split()[1:]
                 break
     assert flags is not None and "nh" in flags
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_key_codes_of_key_pairs_and_triples_are_dense_and_equal_exactly_for_equal_tuples(seed):
+    """Multi-column keys (the last one numbered with its pairs in one pass): over every row set, equal key
+    tuples get equal codes, different tuples different codes, and the codes are 0..k-1."""
+    rng = np.random.default_rng(seed)
+
+    def ints(n):
+        v = rng.integers(0, 40, n)
+        return pa.array(v, mask=rng.random(n) < 0.1)
+
+    def texts(n):
+        return pa.array(rng.choice(["a", "b", "c", None], n).tolist())
+
+    for kinds in [(ints, texts), (texts, ints), (ints, ints, texts)]:
+        sizes = [int(x) for x in rng.integers(0, 300, 3)]
+        parts = [[kind(n) for kind in kinds] for n in sizes]
+        for out in (None, [np.full(n, -5, np.int32) for n in sizes]):
+            codes, n_codes = key_codes(parts, out)
+            tuples = [t for p in parts for t in zip(*(c.to_pylist() for c in p), strict=True)]
+            flat = np.concatenate(codes)
+            assert flat.dtype == np.int32 and len(flat) == len(tuples)
+            first: dict[tuple, int] = {}
+            for t, c in zip(tuples, flat.tolist(), strict=True):
+                assert first.setdefault(t, c) == c
+            assert len(set(first.values())) == len(first) == n_codes or (not tuples and n_codes == 1)
+            assert sorted(first.values()) == list(range(len(first)))
