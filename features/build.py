@@ -190,10 +190,20 @@ ROW_GROUP_ROWS = 262_144
 
 
 def _chunk_bounds(ctx: Context) -> list[tuple[int, int, str, str]]:
-    """Target-line ranges [a, b) of about assembly_chunk_rows lines, with their first and last order_ts."""
+    """Target-line ranges [a, b) of about assembly_chunk_rows lines, with their first and last order_ts.
+
+    The first and the last range are a quarter as long: the assembly is a pipeline (lines | expressions |
+    writer) whose first chunk is joined with nothing beside it and whose last is written alone."""
     n = int(ctx.counts.get("target_lines", 0))
     step = max(1, int(ctx.params.assembly_chunk_rows))
-    cuts = [(a, min(n, a + step)) for a in range(0, n, step)] or [(0, 0)]
+    edge = max(1, step // 4)
+    if n > 2 * edge + step:
+        middle = n - 2 * edge
+        k = -(-middle // step)  # middle chunks of at most `step` lines, as even as whole lines go
+        bounds = [0, *(edge + middle * i // k for i in range(k + 1)), n]
+    else:
+        bounds = [*range(0, n, step), n]
+    cuts = [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a] or [(0, 0)]
     wanted = sorted({q for a, b in cuts for q in (a, max(a, b - 1))})
     ts = dict(
         ctx.con.execute(
