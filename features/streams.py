@@ -293,8 +293,13 @@ def line_codes(
     not-NULL mask) and `floats` columns as (float64 with NaN for NULL, 0, not-NULL mask).
 
     Read in record batches, each encoded on arrival (text keys: per-batch dictionaries merged), so a
-    10M-line fetch never holds the text columns whole (the basket family's peak memory).
+    10M-line fetch never holds the text columns whole (the basket family's peak memory). The columns are
+    encoded side by side on `threads` threads (Arrow's and numpy's work releases the GIL); each column's
+    batches go in order, so its codes are those of a one-thread run. At 10M lines the basket's fetch took
+    1.4 s on the session's thread, 1.1 s of it encoding, with the second core idle.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from features.scan import _filled
 
     n = int(ctx.counts.get("target_lines", 0))
@@ -306,40 +311,25 @@ def line_codes(
     valid = {k: np.empty(n, bool) for k in exprs}
     vals = {k: np.empty(n, np.float64) for k in floats}
     dicts: dict[str, dict[Any, int]] = {k: {} for k in codes}
-    at = 0
-    for batch in reader:
-        m = batch.num_rows
-        if at + m > n:
-            raise RuntimeError(f"line_codes: more than {n} target lines")
-        qi[at : at + m] = batch.column(0).to_numpy()
-        for k in exprs:
-            col = batch.column(k)
-            valid[k][at : at + m] = col.is_valid().to_numpy(zero_copy_only=False)
-            if k in floats:
-                vals[k][at : at + m] = _filled(col.cast(pa.float64()), np.nan)
-            elif pa.types.is_integer(col.type):
-                raw[k][at : at + m] = _filled(col, 0)
-            else:
-                enc = col.dictionary_encode()
-                seen = dicts[k]
-                remap = np.array(
-                    [seen.setdefault(v, len(seen)) for v in enc.dictionary.to_pylist()], np.int64
-                )
-                idx = _filled(enc.indices, 0)
-                raw[k][at : at + m] = remap[idx] if len(remap) else 0
-        at += m
-    if at != n:
-        raise RuntimeError(f"line_codes: {at} target lines, expected {n}")
-    order = None
-    if n and not (qi[0] == 0 and (np.diff(qi) == 1).all()):
-        order = np.empty(n, np.int64)
-        order[qi] = np.arange(n)
-    out: dict[str, tuple[np.ndarray, int, np.ndarray]] = {}
-    for k in exprs:
+
+    def encode(k: str, col: pa.Array, at: int) -> None:
+        m = len(col)
+        valid[k][at : at + m] = col.is_valid().to_numpy(zero_copy_only=False)
+        if k in floats:
+            vals[k][at : at + m] = _filled(col.cast(pa.float64()), np.nan)
+        elif pa.types.is_integer(col.type):
+            raw[k][at : at + m] = _filled(col, 0)
+        else:
+            enc = col.dictionary_encode()
+            seen = dicts[k]
+            remap = np.array([seen.setdefault(v, len(seen)) for v in enc.dictionary.to_pylist()], np.int64)
+            idx = _filled(enc.indices, 0)
+            raw[k][at : at + m] = remap[idx] if len(remap) else 0
+
+    def finish(k: str) -> tuple[np.ndarray, int, np.ndarray]:
         ok = valid[k] if order is None else valid[k][order]
         if k in floats:
-            out[k] = (vals[k] if order is None else vals[k][order], 0, ok)
-            continue
+            return (vals[k] if order is None else vals[k][order], 0, ok)
         v = raw.pop(k)
         if order is not None:
             v = v[order]
@@ -354,8 +344,24 @@ def line_codes(
             if n_codes > max(1 << 20, 2 * n):
                 uniq, inv = np.unique(v, return_inverse=True)
                 v, n_codes = inv.reshape(-1), len(uniq)
-        out[k] = (v.astype(np.int32), n_codes, ok)
-    return out
+        return (v.astype(np.int32), n_codes, ok)
+
+    at = 0
+    order = None
+    with ThreadPoolExecutor(max(1, int(ctx.params.threads)), thread_name_prefix="line-codes") as pool:
+        for batch in reader:
+            m = batch.num_rows
+            if at + m > n:
+                raise RuntimeError(f"line_codes: more than {n} target lines")
+            qi[at : at + m] = batch.column(0).to_numpy()
+            list(pool.map(encode, exprs, [batch.column(k) for k in exprs], [at] * len(exprs)))
+            at += m
+        if at != n:
+            raise RuntimeError(f"line_codes: {at} target lines, expected {n}")
+        if n and not (qi[0] == 0 and (np.diff(qi) == 1).all()):
+            order = np.empty(n, np.int64)
+            order[qi] = np.arange(n)
+        return dict(zip(exprs, pool.map(finish, exprs), strict=True))
 
 
 #: What a family's `finish` may hand back: its per-line array work, which reads neither DuckDB nor `ctx`

@@ -48,3 +48,48 @@ def test_stream_columns_share_a_mask_bitmap_and_equal_pa_array():
         got = _with_nulls(values, m, cache)
         assert got.equals(pa.array(values, mask=m)) and got.null_count == int(m.sum())
     assert len(cache) == 3  # one bitmap per distinct mask object
+
+
+def test_line_codes_encode_each_column_in_qi_order_whatever_the_threads():
+    """Batches, text with NULLs, integer ids, floats and a fetch out of qi order: codes equal exactly for
+    equal values (NULL: one code past the others), NaN for NULL floats, and the same arrays on 1 or 2 threads."""
+    import numpy as np
+    import pandas as pd
+
+    from features.engine import Context, FeaturizeParams, connect
+    from features.streams import line_codes
+
+    rng = np.random.default_rng(3)
+    n = 1000
+    ln = pd.DataFrame(
+        {
+            "qi": rng.permutation(n),
+            "is_target": True,
+            "category": rng.choice(["a", "b", "c", None], n),
+            "order_id": pd.array(
+                np.where(rng.random(n) < 0.1, None, rng.integers(10**9, 10**9 + 50, n)), "Int64"
+            ),
+            "price": np.where(rng.random(n) < 0.1, np.nan, rng.random(n)),
+        }
+    )
+    results = []
+    for threads in (1, 2):
+        p = FeaturizeParams(threads=threads)
+        con = connect(p)
+        con.register("ln_src", ln)
+        con.execute("CREATE TEMP TABLE ln AS SELECT * FROM ln_src")
+        ctx = Context(con, p, set(), {"target_lines": n})
+        results.append(line_codes(ctx, {"c": "category", "o": "order_id"}, {"u": "price"}, batch_rows=128))
+        con.close()
+    by_qi = ln.sort_values("qi")
+    for k, column in (("c", "category"), ("o", "order_id")):
+        codes, n_codes, ok = results[0][k]
+        np.testing.assert_array_equal(ok, by_qi[column].notna().to_numpy())
+        pairs = set(zip(by_qi[column].astype(object).fillna("NULL").astype(str), codes.tolist(), strict=True))
+        assert len(pairs) == len({v for v, _ in pairs}) == len({c for _, c in pairs})
+        assert codes.min() >= 0 and codes.max() < n_codes
+        assert (codes[~ok] == n_codes - 1).all()
+    np.testing.assert_array_equal(results[0]["u"][0], by_qi["price"].to_numpy())
+    for k in ("c", "o", "u"):
+        for a, b in zip(results[0][k], results[1][k], strict=True):
+            np.testing.assert_array_equal(a, b)
