@@ -189,15 +189,17 @@ def _in_qi_order(order_ts: Any, line_id: Any) -> bool:
 ROW_GROUP_ROWS = 262_144
 
 
-def _chunk_bounds(ctx: Context) -> list[tuple[int, int, str, str]]:
-    """Target-line ranges [a, b) of about assembly_chunk_rows lines, with their first and last order_ts.
+def _chunk_bounds(ctx: Context, ramp: bool = False) -> list[tuple[int, int, str, str]]:
+    """Target-line ranges [a, b) of assembly_chunk_rows lines (the last one shorter), with their first and
+    last order_ts.
 
-    The first and the last range are a quarter as long: the assembly is a pipeline (lines | expressions |
-    writer) whose first chunk is joined with nothing beside it and whose last is written alone."""
+    `ramp`: the first and the last range a quarter as long and the others evened out, for the overlapped
+    assembly, a pipeline (lines | expressions | writer) whose first chunk is joined with nothing beside it
+    and whose last is written alone (10M lines: assemble_write 8.2-9.0 -> 7.4-7.6 s)."""
     n = int(ctx.counts.get("target_lines", 0))
     step = max(1, int(ctx.params.assembly_chunk_rows))
     edge = max(1, step // 4)
-    if n > 2 * edge + step:
+    if ramp and n > 2 * edge + step:
         middle = n - 2 * edge
         k = -(-middle // step)  # middle chunks of at most `step` lines, as even as whole lines go
         bounds = [0, *(edge + middle * i // k for i in range(k + 1)), n]
@@ -338,7 +340,7 @@ def assembled_chunks(ctx: Context, cutoff: Any, *, overlap: bool = False) -> Ite
         ctx.sql("SET threads = 1")
     try:
         pending: Future | None = None
-        for a, b, lo, hi in _chunk_bounds(ctx):
+        for a, b, lo, hi in _chunk_bounds(ctx, ramp=overlap):
             flat = lines(a, b, lo, hi)
             if pool is None:
                 yield features(cur, flat, a, b)
