@@ -281,7 +281,7 @@ def _base_tables(ctx: Context, target_expr: str) -> None:
                row_number() OVER (PARTITION BY r.line_id ORDER BY r.return_ts, r.quantity, r.reason) = 1 AS is_first
         FROM t_returns r
         JOIN t_order_lines l ON r.line_id = l.line_id
-        JOIN t_orders o ON l.order_id = o.order_id
+        JOIN ord o ON l.order_id = o.order_id  -- the orders as staged (not their input file again)
         JOIN t_products p ON l.product_id = p.product_id
         WHERE r.return_ts >= o.order_ts
     """)
