@@ -349,3 +349,21 @@ def test_key_codes_of_key_pairs_and_triples_are_dense_and_equal_exactly_for_equa
                 assert first.setdefault(t, c) == c
             assert len(set(first.values())) == len(first) == n_codes or (not tuples and n_codes == 1)
             assert sorted(first.values()) == list(range(len(first)))
+
+
+def test_whole_and_abs_sum_is_numpys_definition_in_one_pass():
+    from features.scan import _whole_and_abs_sum
+
+    rng = np.random.default_rng(5)
+    cases = [
+        rng.integers(-1000, 1000, 10_000).astype(float),
+        rng.normal(size=1000),
+        np.array([1.0, np.nan, 2.0]),
+        np.array([np.inf, -np.inf, 3.0]),
+        np.array([2.0**52 + 1, -(2.0**60)]),
+        np.zeros(0),
+    ]
+    for arr in cases:
+        whole, total = _whole_and_abs_sum(arr)
+        assert whole == np.array_equal(np.rint(arr), arr)
+        np.testing.assert_allclose(total, np.abs(arr).sum(), rtol=1e-12)
