@@ -533,6 +533,11 @@ def _written(
     return out
 
 
+def _nonzero_count(col: pa.ChunkedArray) -> int:
+    """Values other than 0 (NULL counts as 0, NaN does not: np.count_nonzero of `_float_values`), in Arrow."""
+    return int(pc.sum(pc.not_equal(col, 0.0)).as_py() or 0)
+
+
 def _float_values(col: pa.ChunkedArray) -> np.ndarray:
     return _filled(col, 0.0).astype(np.float64, copy=False)
 
@@ -711,7 +716,14 @@ def scan_streams(
     v_off = np.zeros(n_src, np.int64)
     w_off = np.zeros(n_src, np.int64)
     i_off = np.zeros(n_src, np.int64)
-    vparts, wparts, iparts, vparts_valid = [], [], [], []
+    wparts, iparts, vparts_valid = [], [], []
+    # value slots: each source's non-constant sum columns (and one merged column per key slot at most),
+    # copied from the fetched columns straight into place; the capacity left unused is never touched
+    v_cap = 0
+    for j, src in enumerate(sources):
+        varying = [slot for slot, _, v in src.sums if _literal(v) is None]
+        v_cap += int(n_rows[j]) * (len(varying) + len(set(varying)))
+    vflat = np.empty(v_cap)
     vat = wat = iat = 0
     n_v, n_w, n_i = (np.zeros(n_src, np.int64) for _ in range(3))  # value / one-hot / int slots per source
     for j, src in enumerate(sources):
@@ -737,16 +749,19 @@ def scan_streams(
             # columns of which each event sets at most one (e.g. a histogram of sizes) travel as one
             # value and the column it goes to, instead of a mostly-zero value per column; the sparsest
             # columns are merged first, a column that overlaps the merged ones stays a column of its own
-            arrays = [(col, _float_values(t.column(name))) for col, name in group]
-            density = [np.count_nonzero(arr) / max(1, n) for _, arr in arrays]
+            arrays = [(col, t.column(name)) for col, name in group]
+            density = [_nonzero_count(a) / max(1, n) for _, a in arrays]
             which = val = None
             if sum(d <= 0.5 for d in density) >= 3 and n_sum[s] < 2**15:
                 which, val = np.full(n, -1, np.int16), np.zeros(n)
             merged = 0
             for k in np.argsort(density, kind="stable"):
-                col, arr = arrays[k]
+                col, a = arrays[k]
+                sparse = which is not None and density[k] <= 0.5
+                # a column that may be merged is read on its own; any other goes to its slot directly
+                arr = _float_values(a) if sparse else _filled(a, 0.0, out=vflat[vat : vat + n])
                 _check_integral(col, arr)
-                if which is not None and density[k] <= 0.5:
+                if sparse:
                     nz = np.flatnonzero(arr)
                     if not (which[nz] >= 0).any():
                         which[nz] = col.col
@@ -756,14 +771,15 @@ def scan_streams(
                 if n and arr[0] == arr.min() == arr.max():  # the same value on every event
                     sum_ops.append((slot, s, n_sum[s], col.col, -1, -1))
                     sum_const.append(float(arr[0]))
-                    continue
-                vparts.append(arr)
+                    continue  # its slot is the next column's
+                if sparse:
+                    vflat[vat : vat + n] = arr
                 vat += n
                 sum_ops.append((slot, s, n_sum[s], col.col, slot_v, -1))
                 sum_const.append(0.0)
                 slot_v += 1
             if merged:
-                vparts.append(val)
+                vflat[vat : vat + n] = val
                 wparts.append(which)
                 vat += n
                 wat += n
@@ -814,11 +830,11 @@ def scan_streams(
         _micros(t.column("ts__"), out=e_ts[src_start[j] : src_start[j + 1]])
     t = None
     del fetched
-    vflat = np.concatenate(vparts) if vparts else np.zeros(0)
+    vflat = vflat[:vat]
     wflat = np.concatenate(wparts) if wparts else np.zeros(0, np.int16)
     iflat = np.concatenate(iparts) if iparts else np.zeros(0, np.int64)
     ivalid = np.concatenate(vparts_valid) if vparts_valid else np.zeros(0, np.uint8)
-    del vparts, wparts, iparts, vparts_valid
+    del wparts, iparts, vparts_valid
     lap("values")
 
     # each source's events put in time order, their times and every key / value slot (the kernel's reads
