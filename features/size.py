@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numba as nb
@@ -420,6 +421,7 @@ def finish(ctx: Context) -> LineWork:
 
     sx0 = ctx.arrow["sx0"]
     params = ctx.params
+    threads = max(1, int(params.threads))
     rank = line_values(ctx, {"r": "coalesce(size_rank, -1)"}).column("r")
 
     def work() -> tuple[dict[str, pa.Array], tuple[str, ...]]:
@@ -436,7 +438,10 @@ def finish(ctx: Context) -> LineWork:
         unsized = ~sized
         for c in ("n_kept", "n_sizes", "kept_here", "median_rank", "mode_rank"):
             cols[c][unsized] = np.nan
-        return {c: pa.array(v, from_pandas=True) for c, v in cols.items()}, _INPUTS
+        # to Arrow (a NULL bitmap from the NaNs) on both threads: the size work is the finishes' longest
+        with ThreadPoolExecutor(threads, thread_name_prefix="size-arrow") as pool:
+            arrays = pool.map(lambda v: pa.array(v, from_pandas=True), cols.values())
+            return dict(zip(cols, arrays, strict=True)), _INPUTS
 
     return work
 
