@@ -7,8 +7,9 @@ peak memory is featurize's own:
   (features/scan.py), the families' finishing work side by side, chunked assembly with each chunk's joins
   and expressions overlapping, written by pyarrow in a background thread) over the whole
   history; wall, CPU, peak RSS, lines/s, each step's seconds (`scan_*`: the scan's queries, event
-  fetch, key codes, values, time order and kernel), and the VADER part (scored per distinct review
-  text, in a worker process next to the streams) separately;
+  fetch, values (with the key codes running beside them), the wait for the key codes after the values,
+  time order, outputs and kernel), and the VADER part (scored per distinct review text, in a worker
+  process next to the streams) separately;
 - reference: two features (cust_returns, cust_days_since_last_return) in single-threaded pandas
   (merge_asof) vs the same two through the DuckDB engine, checked equal to the featurize output;
 - batch (with --batch-rows): the scoring path, build_features_for_batch, for the last M lines' orders

@@ -222,8 +222,8 @@ def _dense_pairs(
     """`_densify` of the pair codes `codes * n + more` (what `key_codes` gives for its last key), as int32
     in `out` (or new arrays), without the pair codes' int64 arrays: two nogil passes over the rows.
 
-    For the (customer, category) stream at 10M lines the combine, renumbering and int32 copy were
-    about 1.1 of the 1.6 CPU-s it took to code, the longest task of the scan's codes step."""
+    Measured on a warm synthetic (customer x category) key over 22.5M rows: 0.81 -> 0.67 s. In the 10M run
+    that stream's coding stayed at 1.5-1.6 CPU-s, where the per-column codes' new memory dominates."""
     n_pairs = int(max((int(c.max()) + 1 for c in codes if len(c)), default=0)) * n
     used = np.zeros(max(1, n_pairs), np.uint8)
     for c, m in zip(codes, more, strict=True):
