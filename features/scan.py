@@ -193,7 +193,7 @@ def key_codes(
     for k in range(1, n_keys):
         more, n = _column_codes([p[k] for p in parts])
         if k == n_keys - 1 and n_codes * n <= _dense_limit(codes):  # last key: pairs numbered in one pass
-            return _dense_pairs(codes, more, n, out)
+            return _dense_pairs(codes, more, n, n_codes * n, out)
         for c, m in zip(codes, more, strict=True):
             c *= n
             c += m
@@ -217,14 +217,18 @@ def _dense_limit(codes: Sequence[np.ndarray]) -> int:
 
 
 def _dense_pairs(
-    codes: Sequence[np.ndarray], more: Sequence[np.ndarray], n: int, out: Sequence[np.ndarray] | None
+    codes: Sequence[np.ndarray],
+    more: Sequence[np.ndarray],
+    n: int,
+    n_pairs: int,
+    out: Sequence[np.ndarray] | None,
 ) -> tuple[list[np.ndarray], int]:
-    """`_densify` of the pair codes `codes * n + more` (what `key_codes` gives for its last key), as int32
-    in `out` (or new arrays), without the pair codes' int64 arrays: two nogil passes over the rows.
+    """`_densify` of the pair codes `codes * n + more` (< n_pairs; what `key_codes` gives for its last key),
+    as int32 in `out` (or new arrays), without the pair codes' int64 arrays: two nogil passes over the rows.
 
-    Measured on a warm synthetic (customer x category) key over 22.5M rows: 0.81 -> 0.67 s. In the 10M run
-    that stream's coding stayed at 1.5-1.6 CPU-s, where the per-column codes' new memory dominates."""
-    n_pairs = int(max((int(c.max()) + 1 for c in codes if len(c)), default=0)) * n
+    Measured under cProfile on a warm synthetic (customer x category) key over 22.5M rows: 0.81 -> 0.67 s.
+    In the 10M run that stream's coding stayed at 1.5-1.6 CPU-s, where the per-column codes' new memory
+    dominates."""
     used = np.zeros(max(1, n_pairs), np.uint8)
     for c, m in zip(codes, more, strict=True):
         _mark_pairs(c, m, n, used)
@@ -493,7 +497,7 @@ def _release_freed_heap() -> None:
     trim(0)
 
 
-#: `_written(..., small_pages=True)` maps arrays from this size on with 4 KiB pages
+#: `_written` maps arrays from this size on with 4 KiB pages (small_pages=True) and fills them on its threads
 SMALL_PAGES_MIN_BYTES = 1 << 24
 
 
@@ -504,8 +508,8 @@ def _written(
 
     For the kernel's state and outputs, whose pages the kernel's threads would otherwise fault in while
     they run side by side. Measured at 10M lines (three alternated pairs, BENCHMARKS.md seventh pass):
-    system time 17.5 -> 16.1 s, child wall 40.0 -> 38.8 s. On this VM fresh pages come from the host,
-    and faulting them in from two threads at once appears to cost more than one sequential fill.
+    system time 17.5 -> 16.1 s, child wall 40.0 -> 38.8 s. On this VM fresh pages come from the host, and
+    the kernel's threads faulting them in as they go cost more than a fill before the kernel starts.
 
     `small_pages`: for arrays written and read in order (the kernel's outputs), an anonymous mapping with
     4 KiB pages (MADV_NOHUGEPAGE) instead of the 2 MiB transparent huge pages numpy asks for. On this VM a
@@ -886,9 +890,9 @@ def scan_streams(
         ]
         for s, n_ops in Counter(src.streams[op[0]] for op in ops).items():
             work[s] += n_rows[j] * (1 + n_ops)
-    reads = Counter(r[0] for r in [*read_sum, *read_oth])
+    n_reads = Counter(r[0] for r in [*read_sum, *read_oth])
     for s in range(len(names)):
-        work[s] += n_queries[s] * (1 + reads[s])
+        work[s] += n_queries[s] * (1 + n_reads[s])
 
     def arr2(rows: list, width: int) -> np.ndarray:
         return np.array(rows, np.int64).reshape(len(rows), width)

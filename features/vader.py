@@ -62,7 +62,7 @@ class _MemoScorer:
     """
 
     _AFTER = " "  # never a token (tokens are whitespace-split) nor in any of VADER's word lists
-    MAX_WINDOWS = 2_000_000  # the memo is cleared past this many windows (about 0.5 GB)
+    MAX_WINDOWS = 2_000_000  # the memos are cleared past this many windows or tokens (about 0.5 GB)
 
     def __init__(self) -> None:
         from vaderSentiment import vaderSentiment as vs
@@ -81,6 +81,7 @@ class _MemoScorer:
         value = self.analyzer.sentiment_valence(0, window, key[2 + offset], offset, [])[-1]
         if len(self.windows) >= self.MAX_WINDOWS:
             self.windows.clear()
+
         self.windows[key] = value
         return value
 
@@ -88,6 +89,9 @@ class _MemoScorer:
         if not (isinstance(text, str) and text.isascii()):  # emojis are translated by VADER first
             return self.analyzer.polarity_scores(text)["compound"]
         text = text.strip()  # what VADER's emoji pass leaves of an ASCII text
+        if len(self.tokens) >= self.MAX_WINDOWS:
+            self.tokens.clear()
+            self.lowers.clear()
         tokens = [self.tokens[w] for w in text.split()]
         lowers = [self.lowers[w] for w in tokens]
         if "but" in lowers:  # "but" reweights every word before and after it
