@@ -23,12 +23,13 @@ of the window's; tests/test_features_parity.py at 1e-9).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import re
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -497,6 +498,29 @@ def _release_freed_heap() -> None:
     trim(0)
 
 
+@contextlib.contextmanager
+def _small_pages() -> Iterator[None]:
+    """numpy's new arrays on 4 KiB pages inside the block: numpy stops asking for transparent huge pages
+    (MADV_HUGEPAGE) and asks again afterwards. Process-wide (numpy has one switch): other threads' arrays
+    made meanwhile get 4 KiB pages too. A no-op where numpy lacks the switch.
+
+    For the scan's values step, whose arrays (the flat key, value and one-hot columns) are written once in
+    order. On this VM a huge page faulted in cold costs about 2.1 s/GiB against 0.33 s/GiB for 4 KiB pages
+    (3 GiB in a fresh process, three runs each); huge pages pay only for random access (the kernel's state,
+    the basket's counting: with 4 KiB pages there the basket's work went 1.1-1.2 -> 1.4-2.0 s).
+    """
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # numpy < 2 or a build without it: its default pages
+        yield
+        return
+    previous = _set_madvise_hugepage(False)
+    try:
+        yield
+    finally:
+        _set_madvise_hugepage(previous)
+
+
 #: `_written` maps arrays from this size on with 4 KiB pages (small_pages=True) and fills them on its threads
 SMALL_PAGES_MIN_BYTES = 1 << 24
 
@@ -670,152 +694,160 @@ def scan_streams(
         fetched.append(t)
 
     lap("fetch")
-    threads = max(1, int(getattr(ctx.params, "threads", 1)))
-    # ---- key codes per stream over its queries and every source feeding it
-    n_src = len(sources)
-    n_rows = np.array([t.num_rows for t in fetched], np.int64)
-    src_start = np.zeros(n_src + 1, np.int64)
-    np.cumsum(n_rows, out=src_start[1:])
-    n_queries = np.zeros(len(names), np.int64)
-    q_codes = np.full((len(names), size), -1, np.int32)
-    k_off = np.zeros(n_src, np.int64)
-    n_slots = np.array([len(src.streams) for src in sources], np.int64)
-    np.cumsum((n_rows * n_slots)[:-1], out=k_off[1:])
-    # source j's codes for its key slot k: kflat[k_off[j] + k * n_j : k_off[j] + (k + 1) * n_j]
-    kflat = np.empty(int((n_rows * n_slots).sum()), np.int32)
-    n_codes = [0] * len(names)
+    # the values step's arrays are written once in order: 4 KiB pages (see _small_pages)
+    with _small_pages():
+        threads = max(1, int(getattr(ctx.params, "threads", 1)))
+        # ---- key codes per stream over its queries and every source feeding it
+        n_src = len(sources)
+        n_rows = np.array([t.num_rows for t in fetched], np.int64)
+        src_start = np.zeros(n_src + 1, np.int64)
+        np.cumsum(n_rows, out=src_start[1:])
+        n_queries = np.zeros(len(names), np.int64)
+        q_codes = np.full((len(names), size), -1, np.int32)
+        k_off = np.zeros(n_src, np.int64)
+        n_slots = np.array([len(src.streams) for src in sources], np.int64)
+        np.cumsum((n_rows * n_slots)[:-1], out=k_off[1:])
+        # source j's codes for its key slot k: kflat[k_off[j] + k * n_j : k_off[j] + (k + 1) * n_j]
+        kflat = np.empty(int((n_rows * n_slots).sum()), np.int32)
+        n_codes = [0] * len(names)
 
-    def code_stream(s: int, fetched: list[pa.Table] = fetched) -> None:
-        """Stream s's codes: its row of q_codes, its slices of kflat (disjoint from every other stream's)."""
-        name = names[s]
-        feeding = [(j, src.streams.index(s)) for j, src in enumerate(sources) if s in src.streams]
-        parts = [q_keys.pop(s)]
-        out_views = [np.empty(len(q_rows[s]), np.int32)]
-        for j, slot in feeding:
-            parts.append([fetched[j].column(f"k{slot}_{i}") for i in range(len(specs[name].keys))])
-            at = int(k_off[j] + slot * n_rows[j])
-            out_views.append(kflat[at : at + int(n_rows[j])])
-        codes, n_codes[s] = key_codes(parts, out_views)
-        q_codes[s, q_rows[s]] = codes[0]
-        n_queries[s] = len(q_rows.pop(s))  # the line numbers are in q_codes now
+        def code_stream(s: int, fetched: list[pa.Table] = fetched) -> None:
+            """Stream s's codes: its row of q_codes, its slices of kflat (disjoint from every other stream's)."""
+            name = names[s]
+            feeding = [(j, src.streams.index(s)) for j, src in enumerate(sources) if s in src.streams]
+            parts = [q_keys.pop(s)]
+            out_views = [np.empty(len(q_rows[s]), np.int32)]
+            for j, slot in feeding:
+                parts.append([fetched[j].column(f"k{slot}_{i}") for i in range(len(specs[name].keys))])
+                at = int(k_off[j] + slot * n_rows[j])
+                out_views.append(kflat[at : at + int(n_rows[j])])
+            codes, n_codes[s] = key_codes(parts, out_views)
+            q_codes[s, q_rows[s]] = codes[0]
+            n_queries[s] = len(q_rows.pop(s))  # the line numbers are in q_codes now
 
-    # streams coded side by side, the most rows first, while this thread reads the values below (numpy
-    # and Arrow release the GIL; the values read other columns of the fetched tables)
-    stream_rows = [
-        len(q_rows[s]) + sum(int(n_rows[j]) for j, src in enumerate(sources) if s in src.streams)
-        for s in range(len(names))
-    ]
-    coding = ThreadPoolExecutor(threads, thread_name_prefix="scan-codes")
-    coded = [
-        coding.submit(code_stream, s) for s in sorted(range(len(names)), key=lambda s: (-stream_rows[s], s))
-    ]
-    coding.shutdown(wait=False)
-    del code_stream  # and its reference to the fetched tables (the pool's tasks hold their own)
+        # streams coded side by side, the most rows first, while this thread reads the values below (numpy
+        # and Arrow release the GIL; the values read other columns of the fetched tables)
+        stream_rows = [
+            len(q_rows[s]) + sum(int(n_rows[j]) for j, src in enumerate(sources) if s in src.streams)
+            for s in range(len(names))
+        ]
+        coding = ThreadPoolExecutor(threads, thread_name_prefix="scan-codes")
+        coded = [
+            coding.submit(code_stream, s)
+            for s in sorted(range(len(names)), key=lambda s: (-stream_rows[s], s))
+        ]
+        coding.shutdown(wait=False)
+        del code_stream  # and its reference to the fetched tables (the pool's tasks hold their own)
 
-    # ---- values and operations per source (an operation names its stream; its state offset follows the codes)
-    n_sum = [sum(1 for c in columns.values() if c.stream == s and c.agg == "sum") for s in range(len(names))]
-    n_oth = [sum(1 for c in columns.values() if c.stream == s and c.agg != "sum") for s in range(len(names))]
-    sum_ops, sum_const, sum_op_start = [], [], [0]
-    oth_ops, oth_op_start = [], [0]
-    v_off = np.zeros(n_src, np.int64)
-    w_off = np.zeros(n_src, np.int64)
-    i_off = np.zeros(n_src, np.int64)
-    wparts, iparts, vparts_valid = [], [], []
-    # value slots: each source's non-constant sum columns (and one merged column per key slot at most),
-    # copied from the fetched columns straight into place; the capacity left unused is never touched
-    v_cap = 0
-    for j, src in enumerate(sources):
-        varying = [slot for slot, _, v in src.sums if _literal(v) is None]
-        v_cap += int(n_rows[j]) * (len(varying) + len(set(varying)))
-    vflat = np.empty(v_cap)
-    vat = wat = iat = 0
-    n_v, n_w, n_i = (np.zeros(n_src, np.int64) for _ in range(3))  # value / one-hot / int slots per source
-    for j, src in enumerate(sources):
-        t = fetched[j]
-        n = t.num_rows
-        v_off[j], w_off[j], i_off[j] = vat, wat, iat
-        slot_v = slot_w = 0
-        by_slot: dict[int, list[tuple[_Column, str]]] = {}
-        for jj, (slot, c, v) in enumerate(src.sums):
-            s = src.streams[slot]
-            col = columns[(s, c)]
-            lit = _literal(v)
-            if lit is None:
-                by_slot.setdefault(slot, []).append((col, f"v{jj}"))
-                continue
-            if col.integral and lit != round(lit):
-                col.integral = False
-            col.abs_total += abs(lit) * n
-            sum_ops.append((slot, s, n_sum[s], col.col, -1, -1))
-            sum_const.append(lit)
-        for slot, group in by_slot.items():
-            s = src.streams[slot]
-            # columns of which each event sets at most one (e.g. a histogram of sizes) travel as one
-            # value and the column it goes to, instead of a mostly-zero value per column; the sparsest
-            # columns are merged first, a column that overlaps the merged ones stays a column of its own
-            arrays = [(col, t.column(name)) for col, name in group]
-            density = [_nonzero_count(a) / max(1, n) for _, a in arrays]
-            which = val = None
-            if sum(d <= 0.5 for d in density) >= 3 and n_sum[s] < 2**15:
-                which, val = np.full(n, -1, np.int16), np.zeros(n)
-            merged = 0
-            for k in np.argsort(density, kind="stable"):
-                col, a = arrays[k]
-                sparse = which is not None and density[k] <= 0.5
-                # a column that may be merged is read on its own; any other goes to its slot directly
-                arr = _float_values(a) if sparse else _filled(a, 0.0, out=vflat[vat : vat + n])
-                _check_integral(col, arr)
-                if sparse:
-                    nz = np.flatnonzero(arr)
-                    if not (which[nz] >= 0).any():
-                        which[nz] = col.col
-                        val[nz] = arr[nz]
-                        merged += 1
-                        continue
-                if n and arr[0] == arr.min() == arr.max():  # the same value on every event
-                    sum_ops.append((slot, s, n_sum[s], col.col, -1, -1))
-                    sum_const.append(float(arr[0]))
-                    continue  # its slot is the next column's
-                if sparse:
-                    vflat[vat : vat + n] = arr
-                vat += n
-                sum_ops.append((slot, s, n_sum[s], col.col, slot_v, -1))
-                sum_const.append(0.0)
-                slot_v += 1
-            if merged:
-                vflat[vat : vat + n] = val
-                wparts.append(which)
-                vat += n
-                wat += n
-                sum_ops.append((slot, s, n_sum[s], -1, slot_v, slot_w))
-                sum_const.append(0.0)
-                slot_v += 1
-                slot_w += 1
-            del arrays, which, val
-            t = fetched[j] = t.drop_columns([name for _, name in group])  # frees their buffers
-        for jj, (slot, c, _) in enumerate(src.others):
-            s = src.streams[slot]
-            col = columns[(s, c)]
-            arr = t.column(f"o{jj}")
-            if col.type is None:
-                col.type = arr.type
-            vals = _filled(arr.cast(pa.int64()), 0).astype(np.int64, copy=False)
-            iparts.append(vals)
-            vparts_valid.append(arr.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8))
-            oth_ops.append((slot, s, n_oth[s], col.col, jj, 1 if col.agg == "last" else 2))
-            iat += len(vals)
-        n_v[j], n_w[j], n_i[j] = slot_v, slot_w, len(src.others)
-        sum_op_start.append(len(sum_ops))
-        oth_op_start.append(len(oth_ops))
-    t = arr = vals = None  # the last source's table and value: freed with the others
-    lap("values")
-    for f in coded:  # the codes are in q_codes and kflat now: free the fetched key columns
-        f.result()
-    del coded
-    for j, t in enumerate(fetched):
-        fetched[j] = t.drop_columns([c for c in t.column_names if c.startswith("k")])
-    t = None
-    lap("codes")
+        # ---- values and operations per source (an operation names its stream; its state offset follows the codes)
+        n_sum = [
+            sum(1 for c in columns.values() if c.stream == s and c.agg == "sum") for s in range(len(names))
+        ]
+        n_oth = [
+            sum(1 for c in columns.values() if c.stream == s and c.agg != "sum") for s in range(len(names))
+        ]
+        sum_ops, sum_const, sum_op_start = [], [], [0]
+        oth_ops, oth_op_start = [], [0]
+        v_off = np.zeros(n_src, np.int64)
+        w_off = np.zeros(n_src, np.int64)
+        i_off = np.zeros(n_src, np.int64)
+        wparts, iparts, vparts_valid = [], [], []
+        # value slots: each source's non-constant sum columns (and one merged column per key slot at most),
+        # copied from the fetched columns straight into place; the capacity left unused is never touched
+        v_cap = 0
+        for j, src in enumerate(sources):
+            varying = [slot for slot, _, v in src.sums if _literal(v) is None]
+            v_cap += int(n_rows[j]) * (len(varying) + len(set(varying)))
+        vflat = np.empty(v_cap)
+        vat = wat = iat = 0
+        # value / one-hot / int slots per source
+        n_v, n_w, n_i = (np.zeros(n_src, np.int64) for _ in range(3))
+        for j, src in enumerate(sources):
+            t = fetched[j]
+            n = t.num_rows
+            v_off[j], w_off[j], i_off[j] = vat, wat, iat
+            slot_v = slot_w = 0
+            by_slot: dict[int, list[tuple[_Column, str]]] = {}
+            for jj, (slot, c, v) in enumerate(src.sums):
+                s = src.streams[slot]
+                col = columns[(s, c)]
+                lit = _literal(v)
+                if lit is None:
+                    by_slot.setdefault(slot, []).append((col, f"v{jj}"))
+                    continue
+                if col.integral and lit != round(lit):
+                    col.integral = False
+                col.abs_total += abs(lit) * n
+                sum_ops.append((slot, s, n_sum[s], col.col, -1, -1))
+                sum_const.append(lit)
+            for slot, group in by_slot.items():
+                s = src.streams[slot]
+                # columns of which each event sets at most one (e.g. a histogram of sizes) travel as one
+                # value and the column it goes to, instead of a mostly-zero value per column; the sparsest
+                # columns are merged first, a column that overlaps the merged ones stays a column of its own
+                arrays = [(col, t.column(name)) for col, name in group]
+                density = [_nonzero_count(a) / max(1, n) for _, a in arrays]
+                which = val = None
+                if sum(d <= 0.5 for d in density) >= 3 and n_sum[s] < 2**15:
+                    which, val = np.full(n, -1, np.int16), np.zeros(n)
+                merged = 0
+                for k in np.argsort(density, kind="stable"):
+                    col, a = arrays[k]
+                    sparse = which is not None and density[k] <= 0.5
+                    # a column that may be merged is read on its own; any other goes to its slot directly
+                    arr = _float_values(a) if sparse else _filled(a, 0.0, out=vflat[vat : vat + n])
+                    _check_integral(col, arr)
+                    if sparse:
+                        nz = np.flatnonzero(arr)
+                        if not (which[nz] >= 0).any():
+                            which[nz] = col.col
+                            val[nz] = arr[nz]
+                            merged += 1
+                            continue
+                    if n and arr[0] == arr.min() == arr.max():  # the same value on every event
+                        sum_ops.append((slot, s, n_sum[s], col.col, -1, -1))
+                        sum_const.append(float(arr[0]))
+                        continue  # its slot is the next column's
+                    if sparse:
+                        vflat[vat : vat + n] = arr
+                    vat += n
+                    sum_ops.append((slot, s, n_sum[s], col.col, slot_v, -1))
+                    sum_const.append(0.0)
+                    slot_v += 1
+                if merged:
+                    vflat[vat : vat + n] = val
+                    wparts.append(which)
+                    vat += n
+                    wat += n
+                    sum_ops.append((slot, s, n_sum[s], -1, slot_v, slot_w))
+                    sum_const.append(0.0)
+                    slot_v += 1
+                    slot_w += 1
+                del arrays, which, val
+                t = fetched[j] = t.drop_columns([name for _, name in group])  # frees their buffers
+            for jj, (slot, c, _) in enumerate(src.others):
+                s = src.streams[slot]
+                col = columns[(s, c)]
+                arr = t.column(f"o{jj}")
+                if col.type is None:
+                    col.type = arr.type
+                vals = _filled(arr.cast(pa.int64()), 0).astype(np.int64, copy=False)
+                iparts.append(vals)
+                vparts_valid.append(arr.is_valid().to_numpy(zero_copy_only=False).astype(np.uint8))
+                oth_ops.append((slot, s, n_oth[s], col.col, jj, 1 if col.agg == "last" else 2))
+                iat += len(vals)
+            n_v[j], n_w[j], n_i[j] = slot_v, slot_w, len(src.others)
+            sum_op_start.append(len(sum_ops))
+            oth_op_start.append(len(oth_ops))
+        t = arr = vals = None  # the last source's table and value: freed with the others
+        lap("values")
+        for f in coded:  # the codes are in q_codes and kflat now: free the fetched key columns
+            f.result()
+        del coded
+        for j, t in enumerate(fetched):
+            fetched[j] = t.drop_columns([c for c in t.column_names if c.startswith("k")])
+        t = None
+        lap("codes")
 
     # ---- state layout: per stream, sum columns then last/first columns, row-major per key
     sum_base = np.zeros(len(names), np.int64)

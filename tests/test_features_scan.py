@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -287,7 +289,6 @@ def test_written_arrays_hold_the_fill_and_small_pages_map_without_huge_pages(
     small_pages (above the size threshold) the memory is its own mapping advised MADV_NOHUGEPAGE (`nh` in
     /proc/self/smaps, on Linux), writable, and usable as an Arrow buffer."""
     import mmap
-    import re
     import sys
 
     import pyarrow as pa
@@ -310,17 +311,47 @@ def test_written_arrays_hold_the_fill_and_small_pages_map_without_huge_pages(
         return
     if not (sys.platform.startswith("linux") and hasattr(mmap, "MADV_NOHUGEPAGE")):
         pytest.skip("MADV_NOHUGEPAGE is Linux only")
-    start = out.ctypes.data
-    flags = None
+    assert "nh" in _vm_flags(out)
+
+
+def _vm_flags(arr: np.ndarray) -> list[str]:
+    """The VmFlags of the mapping holding `arr`'s middle byte (/proc/self/smaps): `hg` advised huge pages,
+    `nh` advised no huge pages. (numpy advises the 2 MiB-aligned part only, which the kernel then maps on
+    its own: the array's first bytes may lie in a neighbouring mapping without the flag.)"""
+    import re
+
+    start = arr.ctypes.data + arr.nbytes // 2
+    inside = False
     with open("/proc/self/smaps") as f:
         for line in f:
             m = re.match(r"^([0-9a-f]+)-([0-9a-f]+) ", line)
             if m:
                 inside = int(m[1], 16) <= start < int(m[2], 16)
             elif inside and line.startswith("VmFlags:"):
-                flags = line.split()[1:]
-                break
-    assert flags is not None and "nh" in flags
+                return line.split()[1:]
+    raise AssertionError(f"no mapping holds address {start:#x}")
+
+
+def test_small_pages_stops_numpy_asking_for_huge_pages_inside_the_block_only():
+    """Inside `_small_pages` numpy's large arrays are not advised MADV_HUGEPAGE; numpy asks again after the
+    block, also when the block raises."""
+    import sys
+
+    import features.scan as scan
+
+    if not (sys.platform.startswith("linux") and os.path.exists("/proc/self/smaps")):
+        pytest.skip("VmFlags come from /proc/self/smaps (Linux)")
+    size = 64 << 20  # well above numpy's 4 MiB threshold for the advice
+    before = np.ones(size, np.uint8)
+    if "hg" not in _vm_flags(before):
+        pytest.skip("this numpy does not advise huge pages here (nothing for _small_pages to turn off)")
+    with scan._small_pages():
+        inside = np.ones(size, np.uint8)
+        assert "hg" not in _vm_flags(inside)
+    assert "hg" in _vm_flags(np.ones(size, np.uint8))
+    with pytest.raises(RuntimeError), scan._small_pages():
+        raise RuntimeError("a failing values step")
+    assert "hg" in _vm_flags(np.ones(size, np.uint8))
 
 
 @pytest.mark.parametrize("seed", range(4))
