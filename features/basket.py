@@ -129,13 +129,17 @@ def basket_counts(
 ) -> dict[str, np.ndarray]:
     """Per line (the target lines of whole orders): counts over its order, order x product and order x category.
 
-    order / product: dense codes; category / size / color: (codes, code count, not-NULL mask); quantity and
-    unit_price: float64 with NaN for NULL. Returns b_lines, b_units, b_value (sums over the order; NaN when
-    every term is NULL, as SQL's sum), bp_lines, bp_sizes, bp_colors (distinct non-NULL values), bc_lines
-    (NaN for a NULL category: SQL's join on category finds no row). Orders are grouped by a counting sort
-    and each order's few rows sorted on their own (no global sort or hash of 10M keys). With `threads` > 1
-    the order sums and the three per-order counts (nogil kernels, each with its own outputs) run side by
-    side: the same values, for four more int64 arrays per line.
+    order / product: dense integer codes; category / size / color: (codes, code count, not-NULL mask);
+    quantity and unit_price: float64 with NaN for NULL. Returns b_lines, bp_lines, bp_sizes, bp_colors
+    (distinct non-NULL values) as int32; b_units, b_value (sums over the order; NaN when every term is
+    NULL, as SQL's sum) and bc_lines (NaN for a NULL category: SQL's join on category finds no row) as
+    float64. Orders are grouped by a counting sort and each order's few rows sorted on their own (no global
+    sort or hash of 10M keys). With `threads` > 1 the order sums and the three per-order counts (nogil
+    kernels, each with its own outputs) run side by side: the same values.
+
+    The codes are read in their own integer type and the counts written as int32 (not int64 copies and
+    float64 conversions): at 10M lines each full-size array is fresh memory, which this VM faults in at
+    0.3-2 s/GiB.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -143,31 +147,31 @@ def basket_counts(
     if n == 0:
         names = ("b_lines", "b_units", "b_value", "bp_lines", "bp_sizes", "bp_colors", "bc_lines")
         return {c: np.zeros(0) for c in names}
-    order = np.ascontiguousarray(order, np.int64)
+    order = np.ascontiguousarray(order)
     n_orders = int(order.max()) + 1
     start, rows = _order_groups(order, n_orders)
-    product = np.ascontiguousarray(product, np.int64)
+    product = np.ascontiguousarray(product)
     cat, _, cat_ok = category
 
     def counts(major: np.ndarray, minor: tuple[np.ndarray, int, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Per line: lines of its order with the same `major`, and their distinct non-NULL `minor` values."""
+        """Per line: lines of its order with the same `major`, and their distinct non-NULL `minor` values
+        (every line is written: no fill)."""
         codes, n_codes, ok = minor
-        lines, distinct = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        _run_counts(start, rows, major, np.asarray(codes, np.int64), np.asarray(ok, np.bool_), int(n_codes),
+        lines, distinct = np.empty(n, np.int32), np.empty(n, np.int32)
+        _run_counts(start, rows, major, np.ascontiguousarray(codes), np.asarray(ok, np.bool_), int(n_codes),
                     lines, distinct)  # fmt: skip
         return lines, distinct
 
-    no_minor = (np.zeros(n, np.int64), 1, np.zeros(n, np.bool_))
+    no_minor = (np.zeros(n, np.int8), 1, np.zeros(n, np.bool_))
     with ThreadPoolExecutor(max(1, min(4, int(threads))), thread_name_prefix="basket") as pool:
         sums = pool.submit(_order_sums, start, rows, quantity, unit_price)
         by_size = pool.submit(counts, product, size)
         by_color = pool.submit(counts, product, color)
-        by_category = pool.submit(counts, np.asarray(cat, np.int64), no_minor)
-        out = {"b_lines": np.diff(start)[order].astype(np.float64)}
+        by_category = pool.submit(counts, np.ascontiguousarray(cat), no_minor)
+        out = {"b_lines": np.diff(start).astype(np.int32)[order]}
         out["b_units"], out["b_value"] = sums.result()
-        lines, distinct = by_size.result()
-        out["bp_lines"], out["bp_sizes"] = lines.astype(np.float64), distinct.astype(np.float64)
-        out["bp_colors"] = by_color.result()[1].astype(np.float64)
+        out["bp_lines"], out["bp_sizes"] = by_size.result()
+        out["bp_colors"] = by_color.result()[1]
         out["bc_lines"] = np.where(cat_ok, by_category.result()[0], np.nan)
     return {
         c: out[c] for c in ("b_lines", "b_units", "b_value", "bp_lines", "bp_sizes", "bp_colors", "bc_lines")
@@ -198,19 +202,30 @@ def finish(ctx: Context) -> LineWork:
         )
         # the features read these only on lines with a size / colour: NULL elsewhere, so the assembly
         # does not fetch the size and colour text to test it
-        counts["bp_sizes_line"] = np.where(c["s"][2], counts.pop("bp_sizes"), np.nan)
-        counts["bp_colors_line"] = np.where(c["k"][2], counts.pop("bp_colors"), np.nan)
+        valid = {"bp_sizes": c["s"][2], "bp_colors": c["k"][2]}
         c.clear()
-        return {k: _compact(v) for k, v in counts.items()}, ()
+        out = {k: _compact(v) for k, v in counts.items() if k not in valid}  # sx0's columns in the order
+        out.update({f"{k}_line": _compact(counts[k], ok) for k, ok in valid.items()})  # they always had
+        return out, ()
 
     return work
 
 
-def _compact(v: np.ndarray) -> pa.Array:
-    """Whole-number counts as int32 (NULL where NaN), other values float64: half the memory in `sx0`.
+def _compact(v: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
+    """Whole-number counts as int32 (NULL where NaN, or where `valid` is False), other values float64: half
+    the memory in `sx0`. An int32 `v` is whole already: only its NULLs are marked (the same array as its
+    float64 copy would give: float64 all-NULL when no value is left).
 
     One pass (`_whole_int32`) instead of numpy's five full-size temporaries (a 10M-line column with NULLs:
     0.11 -> 0.07 s on warm memory; the basket's array work at 10M lines: 1.5-1.7 -> 1.3-1.4 s)."""
+    if v.dtype == np.int32:
+        if valid is None or valid.all():
+            return pa.array(v) if len(v) else pa.array(v.astype(np.float64))
+        if not valid.any():
+            return pa.nulls(len(v), pa.float64())
+        return pa.array(v, mask=~valid)
+    if valid is not None:
+        v = np.where(valid, v, np.nan)
     whole, ints, nan, any_nan = _whole_int32(np.ascontiguousarray(v, np.float64))
     if whole:
         return pa.array(ints, mask=nan if any_nan else None)

@@ -312,3 +312,19 @@ def test_basket_columns_are_int32_only_when_every_value_is_whole(values):
         want = pa.array(v, from_pandas=True)
     got = _compact(v)
     assert got.type == want.type and got.equals(want)
+
+
+@pytest.mark.parametrize("share_valid", [1.0, 0.7, 0.0])
+@pytest.mark.parametrize("n", [0, 1, 1000])
+def test_basket_int32_counts_give_the_arrays_their_float64_copies_gave(share_valid, n):
+    """_compact of int32 counts with a not-NULL mask (the basket's direct route) = _compact of the float64
+    array with NaN where the mask is False (the route it replaced): the same Arrow type, values and NULLs,
+    float64 all-NULL when no value is left."""
+    from features.basket import _compact
+
+    rng = np.random.default_rng(n)
+    v = rng.integers(0, 9, n).astype(np.int32)
+    valid = rng.random(n) < share_valid
+    want = _compact(np.where(valid, v.astype(np.float64), np.nan))
+    for got in (_compact(v, valid), _compact(v) if valid.all() else want):
+        assert got.type == want.type and got.equals(want)
