@@ -326,5 +326,9 @@ def test_basket_int32_counts_give_the_arrays_their_float64_copies_gave(share_val
     v = rng.integers(0, 9, n).astype(np.int32)
     valid = rng.random(n) < share_valid
     want = _compact(np.where(valid, v.astype(np.float64), np.nan))
-    for got in (_compact(v, valid), _compact(v) if valid.all() else want):
+    for got in (
+        _compact(v, valid),
+        _compact(v.astype(np.float64), valid),
+        _compact(v) if valid.all() else want,
+    ):
         assert got.type == want.type and got.equals(want)
