@@ -187,6 +187,10 @@ def _in_qi_order(order_ts: Any, line_id: Any) -> bool:
 
 #: Parquet row group size of the feature table (rows).
 ROW_GROUP_ROWS = 262_144
+#: values the Parquet writer encodes at a time (Arrow's default: 1024). 64k: the writer's CPU on 4M rows of
+#: the 10M feature table 2.34-2.40 -> 2.26-2.29 s (four alternated runs each), the same file size; data
+#: pages may exceed Arrow's 1 MiB target by up to one batch
+WRITE_BATCH_ROWS = 65_536
 
 
 def _chunk_bounds(ctx: Context, ramp: bool = False) -> list[tuple[int, int, str, str]]:
@@ -508,6 +512,7 @@ def _write_chunks(chunks: Iterator[Any], out_path: Path | str) -> dict[str, Any]
                         compression="snappy",
                         use_dictionary=text or False,
                         write_statistics=[c for c in (*KEYS, *LABELS) if c in chunk.column_names],
+                        write_batch_size=WRITE_BATCH_ROWS,
                     )
                 stats["rows"] += chunk.num_rows
                 for name in chunk.column_names:
