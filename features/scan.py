@@ -505,10 +505,11 @@ def _small_pages() -> Iterator[None]:
     made meanwhile get 4 KiB pages too. A no-op where numpy lacks the switch.
 
     For the scan's values step, whose arrays (the flat key, value and one-hot columns) are written once in
-    order: at 10M lines the step went 2.15-2.60 -> 0.95-1.57 s. On this VM 3 GiB of fresh huge pages cost
-    0.05-2.06 s/GiB (2.06 when the host had taken the memory back), 4 KiB pages 0.33 s/GiB every time (three
-    fresh processes each). Huge pages pay where arrays are read at random: with 4 KiB pages everywhere the
-    events' sort went 0.99 -> 1.41 s and the basket's work 1.2 -> 1.9 s (BENCHMARKS.md, tenth pass).
+    order: at 10M lines the step went 2.15-2.60 -> 0.95-1.57 s. On this VM 3 GiB of fresh pages cost, in
+    processes run back to back, 0.05-2.06 s/GiB as huge pages (2.06 when the host had taken the memory back)
+    and 0.33 s/GiB as 4 KiB pages; after two idle minutes both are cold, 2.28 and 1.61 s/GiB. Huge pages pay
+    where arrays are read at random: with 4 KiB pages everywhere the events' sort went 0.99 -> 1.41 s and the
+    basket's work 1.2 -> 1.9 s (BENCHMARKS.md, tenth pass).
     """
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
